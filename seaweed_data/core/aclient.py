@@ -1,0 +1,214 @@
+"""The async core of :class:`~seaweed_data.Client`: metadata from the filer, bytes from volumes.
+
+A read asks the filer for the entry (its chunk list, cached for ``Config.metadata_ttl``), then
+fetches only the chunks the range needs, straight from the volume servers, several at once.
+With no master known (none configured, discovery failed) it reads through the filer instead;
+so does a remote-mounted entry. Everything here runs on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from lru import LRU
+
+from ..config import Config
+from ..errors import IsDirectoryError, NotFoundError, SeaweedDataError
+from . import listing
+from .chunks import ChunkMap, Piece, clamp_range
+from .entry import Entry
+from .filer import Filer
+from .http import Http
+from .metadata import prefetch_entries
+from .metrics import Counters
+from .needles import ChunkMissingError, NeedleReader
+from .volumes import NoMasterError, VolumeLocations
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+METADATA_CACHE_ENTRIES = 65536
+DISCOVERY_RETRY_SECONDS = 30.0
+
+
+class AsyncClient:
+    """Reads and writes one filer's namespace. Create and use it on the loop thread."""
+
+    def __init__(self, filer: str, config: Config, counters: Counters) -> None:
+        self.config = config
+        self.counters = counters
+        self.http = Http(config, counters)
+        self.filer = Filer(filer, self.http, config)
+        self.locations = VolumeLocations(self.http, self.masters, config)
+        self.needles = NeedleReader(self.http, self.locations, config, counters)
+        self._entries: LRU = LRU(METADATA_CACHE_ENTRIES)
+        self._masters: list[str] | None = [config.master] if config.master else None
+        self._discovered_at = float("-inf")
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    # -- masters -----------------------------------------------------------------------------
+
+    async def masters(self) -> list[str]:
+        """Master URLs: configured, else discovered from the filer (retried now and then)."""
+        if self._masters is not None:
+            return self._masters
+        if time.monotonic() - self._discovered_at < DISCOVERY_RETRY_SECONDS:
+            return []
+        self._discovered_at = time.monotonic()
+        from .discovery import default_grpc_port, discover_masters
+
+        parts = urlsplit(self.filer.base)
+        host = parts.hostname or "127.0.0.1"
+        port = self.config.filer_grpc_port or default_grpc_port(parts.port or 80)
+        try:
+            found = await discover_masters(host, port, timeout=self.config.connect_timeout)
+        except SeaweedDataError as exc:
+            log.warning("no master configured and discovery from the filer's gRPC port %s:%d "
+                        "failed (%s); reading through the filer", host, port, exc)
+            return []
+        log.debug("discovered masters %s from filer %s", found, self.filer.base)
+        self._masters = found
+        return found
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    async def stat(self, path: str, *, fresh: bool = False) -> Entry:
+        cached = None if fresh else self._entries.get(path)
+        if cached is not None and time.monotonic() - cached[0] < self.config.metadata_ttl:
+            return cached[1]  # type: ignore[no-any-return]
+        entry = await self.filer.entry(path)
+        self.remember(entry, path)
+        return entry
+
+    def remember(self, entry: Entry, path: str | None = None) -> None:
+        self._entries[path or entry.path] = (time.monotonic(), entry)
+
+    def forget(self, path: str) -> None:
+        self._entries.pop(path, None)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        entry = await self.stat(path)
+        try:
+            return await self.read_entry(entry, offset, length)
+        except ChunkMissingError:
+            log.info("chunks of %s changed while reading; reading its new version", path)
+            entry = await self.stat(path, fresh=True)
+            return await self.read_entry(entry, offset, length)
+
+    async def read_entry(self, entry: Entry, offset: int = 0,
+                         length: int | None = None) -> bytes:
+        """Bytes of ``entry`` from ``offset``; ``length`` None means to the end."""
+        if entry.is_dir:
+            raise IsDirectoryError(f"Is a directory: {entry.path!r}")
+        start, stop = clamp_range(entry.size, offset, length)
+        if stop <= start:
+            return b""
+        if entry.content is not None and not entry.chunks:
+            return entry.content[start:stop]
+        if entry.remote and not entry.chunks:
+            return await self.filer.read(entry.path, start, stop)
+        if entry.has_manifest:
+            entry = await self.filer.entry(entry.path, resolve_manifest=True)
+        try:
+            return await self._read_pieces(entry, ChunkMap(entry.chunks).plan(start, stop))
+        except NoMasterError:
+            return await self.filer.read(entry.path, start, stop)
+
+    async def _read_pieces(self, entry: Entry, plan: list[Piece]) -> bytes:
+        if len(plan) == 1:
+            return await self._read_piece(entry, plan[0])
+        parts = await gather_bounded([lambda p=p: self._read_piece(entry, p) for p in plan],
+                                     self.config.chunk_concurrency)
+        return b"".join(parts)
+
+    async def _read_piece(self, entry: Entry, piece: Piece) -> bytes:
+        if piece.chunk is None:
+            return bytes(piece.size)
+        start = piece.chunk_start
+        return await self.needles.read(piece.chunk, start, start + piece.size, entry.path)
+
+    async def read_many(self, paths: Sequence[str]) -> list[bytes]:
+        """Whole files, fetched concurrently; results in the order of ``paths``."""
+        known = await prefetch_entries(self.filer, paths, self.config)
+        for path, entry in known.items():
+            self.remember(entry, path)
+
+        async def one(path: str) -> bytes:
+            entry = known.get(path)
+            if entry is None:
+                return await self.read(path)
+            try:
+                return await self.read_entry(entry)
+            except ChunkMissingError:
+                return await self.read(path)
+
+        return await gather_bounded([lambda p=p: one(p) for p in paths],
+                                    self.config.concurrency)
+
+    # -- namespace ---------------------------------------------------------------------------
+
+    async def listdir(self, path: str) -> list[Entry]:
+        return await listing.list_dir(self.filer, path)
+
+    def walk(self, path: str) -> AsyncIterator[tuple[str, list[str], list[str]]]:
+        return listing.walk(self.filer, path)
+
+    async def glob(self, pattern: str) -> list[str]:
+        return await listing.glob(self.filer, pattern)
+
+    async def write(self, path: str, data: bytes) -> None:
+        self.forget(path)
+        await self.filer.put(path, data)
+        self.counters.add("bytes_uploaded", len(data))
+
+    async def delete(self, path: str, *, recursive: bool = False) -> None:
+        await self.filer.entry(path)  # the filer answers 204 for missing paths
+        self.forget(path)
+        await self.filer.delete(path, recursive=recursive)
+
+    async def move(self, source: str, target: str) -> None:
+        await self.filer.entry(source)
+        self.forget(source)
+        self.forget(target)
+        await self.filer.move(source, target)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path, fresh=True)
+        except NotFoundError:
+            return False
+        return True
+
+
+async def gather_bounded(factories: Sequence[Callable[[], Awaitable[T]]],
+                         limit: int) -> list[T]:
+    """Run the awaitables with at most ``limit`` in flight; results in input order.
+
+    A fixed pool of workers pulls the next index: much cheaper than one task per item
+    when there are thousands of small reads. The first error cancels the rest.
+    """
+    results: list[T | None] = [None] * len(factories)
+    indices = iter(range(len(factories)))
+
+    async def worker() -> None:
+        for i in indices:
+            results[i] = await factories[i]()
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(limit, len(factories)))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    return results  # type: ignore[return-value]

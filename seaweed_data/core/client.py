@@ -1,0 +1,202 @@
+"""``sd.Client``: the synchronous facade over :class:`AsyncClient` on the loop thread.
+
+Fork and spawn: the client keeps only its filer and config when pickled. In a forked child
+the first call notices the new pid, drops the parent's session without touching its sockets
+(closing their inherited copies), and builds a fresh core on the child's own loop thread.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Coroutine, Iterator
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+from ..config import Config
+from ..errors import InvalidLocationError
+from .aclient import AsyncClient
+from .entry import Entry
+from .files import AtomicWriter, RawReader
+from .location import Location, default_filer, normalize_filer, parse_location
+from .loop import LOOP
+from .metrics import PROCESS, Counters
+
+T = TypeVar("T")
+READ_BUFFER_BYTES = 1 << 20
+
+
+class Client:
+    """Read and write files of one SeaweedFS filer.
+
+    >>> c = Client("http://127.0.0.1:8888")                     # doctest: +SKIP
+    >>> c.write("/data/a.bin", b"hello"); c.read("/data/a.bin")  # doctest: +SKIP
+    b'hello'
+
+    ``filer`` defaults to ``SEAWEED_FILER`` (else ``http://127.0.0.1:8888``) and ``config``
+    to ``Config.from_env()``. Paths are bare (``/a/b``) or full locations on the same filer
+    (``seaweedfs://host:port/a/b``, ``http://host:port/a/b``). No I/O happens until the first
+    call. Use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, filer: str | None = None, config: Config | None = None) -> None:
+        self.filer = normalize_filer(filer) if filer else default_filer()
+        self.config = config if config is not None else Config.from_env()
+        self.counters = Counters(parent=PROCESS)
+        self._core: AsyncClient | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Client({self.filer!r})"
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _async(self) -> AsyncClient:
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    self._start(pid)
+        assert self._core is not None
+        return self._core
+
+    def _start(self, pid: int) -> None:
+        if self._core is not None:  # inherited through fork: never touch the parent's loop
+            self._core.http.abandon_after_fork()
+            self.counters._after_fork()
+        LOOP.acquire()
+        self._core = AsyncClient(self.filer, self.config, self.counters)
+        self._pid = pid
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return LOOP.run(coro)
+
+    def path(self, location: str) -> str:
+        """The filer path of ``location``; refuses locations on another filer."""
+        parsed: Location = parse_location(location, self.filer)
+        if parsed.filer != self.filer:
+            raise InvalidLocationError(
+                f"{location!r} is on filer {parsed.filer}, this client reads {self.filer}")
+        return parsed.path
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of a file from ``offset``; ``length`` None reads to the end."""
+        core = self._async()
+        return self._run(core.read(self.path(path), offset, length))
+
+    def read_many(self, paths: list[str]) -> list[bytes]:
+        """Whole files, fetched concurrently, in the order given."""
+        core = self._async()
+        return self._run(core.read_many([self.path(p) for p in paths]))
+
+    def stat(self, path: str) -> Entry:
+        """The entry (size, mtime, is_dir, chunks, ...) at ``path``."""
+        core = self._async()
+        return self._run(core.stat(self.path(path), fresh=True))
+
+    def exists(self, path: str) -> bool:
+        core = self._async()
+        return self._run(core.exists(self.path(path)))
+
+    @overload
+    def open(self, path: str, mode: Literal["rb"] = "rb") -> io.BufferedReader: ...
+    @overload
+    def open(self, path: str, mode: Literal["wb"]) -> AtomicWriter: ...
+
+    def open(self, path: str, mode: str = "rb") -> io.BufferedReader | AtomicWriter:
+        """A seekable binary reader (``"rb"``), or an atomic writer (``"wb"``)."""
+        filer_path = self.path(path)
+        if mode == "rb":
+            core = self._async()
+            entry = self._run(core.stat(filer_path, fresh=True))
+            raw = RawReader(entry, self._read_range)
+            return io.BufferedReader(raw, buffer_size=READ_BUFFER_BYTES)
+        if mode == "wb":
+            return AtomicWriter(filer_path, lambda data: self.write(filer_path, data))
+        raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+
+    def _read_range(self, entry: Entry, offset: int, length: int) -> bytes:
+        core = self._async()
+        return self._run(core.read_entry(entry, offset, length))
+
+    # -- namespace -----------------------------------------------------------------------------
+
+    def write(self, path: str, data: bytes) -> None:
+        """Create or replace a file; readers see the old or the new content, never a mix."""
+        core = self._async()
+        self._run(core.write(self.path(path), bytes(data)))
+
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        core = self._async()
+        self._run(core.delete(self.path(path), recursive=recursive))
+
+    def move(self, source: str, target: str) -> None:
+        core = self._async()
+        self._run(core.move(self.path(source), self.path(target)))
+
+    def listdir(self, path: str = "/") -> list[str]:
+        """Sorted names in a directory."""
+        return [e.name for e in self.scandir(path)]
+
+    def scandir(self, path: str = "/") -> list[Entry]:
+        """Sorted entries of a directory, with sizes and chunk lists."""
+        core = self._async()
+        return self._run(core.listdir(self.path(path)))
+
+    def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like :func:`os.walk`, top-down."""
+        core = self._async()
+        walker = core.walk(self.path(top))
+        while True:
+            try:
+                yield self._run(walker.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def glob(self, pattern: str) -> list[str]:
+        """Sorted paths matching ``pattern`` (``*``, ``?``, ``[...]``, ``**``)."""
+        core = self._async()
+        return self._run(core.glob(self.path(pattern)))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """This client's counters (``bytes_fetched``, ``requests``, ...)."""
+        return self.counters.snapshot()
+
+    def close(self) -> None:
+        """Close connections; the loop thread stops when no client uses it."""
+        if self._closed:
+            return
+        self._closed = True
+        core, self._core = self._core, None
+        if core is not None and self._pid == os.getpid():
+            LOOP.run(core.close())
+            LOOP.release()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_pid", 0) == os.getpid():
+            try:
+                self.close()
+            except Exception:  # noqa: S110  (interpreter shutdown: nothing left to do)
+                pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"filer": self.filer, "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["filer"], state["config"])  # type: ignore[misc]

@@ -1,0 +1,166 @@
+"""HTTP on aiohttp: one session per client (created inside the loop), timeouts, and retries.
+
+:meth:`Http.request` retries transient failures (connection errors, resets, truncated bodies,
+timeouts, 408/429/5xx) with exponential backoff and full jitter, honouring ``Retry-After``. It
+returns any other status to the caller, who knows what a 404 means. :meth:`Http.attempt` is
+a single try with the same error translation, for callers that fail over instead of retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from ..config import Config
+from ..errors import RequestTimeoutError, TransportError, UnreachableError
+from .metrics import Counters
+
+log = logging.getLogger(__name__)
+
+_ABANDONED: list[object] = []  # sessions inherited through fork; see abandon_after_fork
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 10.0
+
+
+@dataclass
+class Response:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def where(url: str) -> str:
+    """The URL without its query, safe to put into messages and logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+class Http:
+    """An aiohttp session plus the retry policy of :class:`~seaweed_data.Config`."""
+
+    def __init__(self, config: Config, counters: Counters) -> None:
+        self.config = config
+        self.counters = counters
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session; created on first use, inside the running loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.config.max_connections,
+                limit_per_host=self.config.max_connections,
+                ssl=self._ssl_context(),
+                enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, read_bufsize=1 << 20,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=self.config.connect_timeout,
+                    sock_read=self.config.read_timeout),
+            )
+        return self._session
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.config.verify_tls:
+            return False
+        if self.config.ca_file:
+            return ssl.create_default_context(cafile=self.config.ca_file)
+        return True
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop the parent's session without running its loop.
+
+        The pooled sockets are copies of the parent's; we close our copies of their file
+        descriptors and keep the objects alive forever, so that no finalizer ever touches
+        them (or the parent's event loop) again.
+        """
+        session, self._session = self._session, None
+        if session is None:
+            return
+        _ABANDONED.append(session)
+        connector = session.connector
+        pools = getattr(connector, "_conns", None) or {}
+        protocols = [p for conns in pools.values() for p, _ in conns]
+        protocols += list(getattr(connector, "_acquired", ()))
+        for protocol in protocols:
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport else None
+            if sock is not None and sock.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(sock.fileno())
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def backoff(self, attempt: int) -> float:
+        cap = min(self.config.backoff_max, self.config.backoff_base * (2**attempt))
+        return random.uniform(cap / 2, cap)
+
+    async def request(self, method: str, url: str, *, kind: str, retries: int | None = None,
+                      **kwargs: Any) -> Response:
+        """Send with retries; returns the final response (any non-transient status)."""
+        retries = self.config.retries if retries is None else retries
+        for attempt in range(retries + 1):
+            try:
+                response = await self.attempt(method, url, kind=kind, **kwargs)
+                if response.status not in RETRY_STATUSES:
+                    return response
+                if attempt == retries:
+                    return response
+                delay = retry_after(response.headers) or self.backoff(attempt)
+                log.debug("%s %s -> %d, retry in %.2fs", method, where(url), response.status,
+                          delay)
+            except TransportError as exc:
+                if attempt == retries:
+                    raise
+                delay = self.backoff(attempt)
+                log.debug("%s %s failed (%s), retry in %.2fs", method, where(url), exc, delay)
+            self.counters.add("retries")
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def attempt(self, method: str, url: str, *, kind: str,
+                      headers: Mapping[str, str] | None = None,
+                      timeout: aiohttp.ClientTimeout | None = None, **kwargs: Any) -> Response:
+        """One try; network failures become :class:`TransportError` subclasses."""
+        self.counters.add("requests")
+        self.counters.add(f"{kind}_requests")
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            async with self.session().request(method, url, headers=headers, **kwargs) as resp:
+                body = await resp.read()
+                return Response(resp.status, resp.headers, body)
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"{method} {where(url)}: no answer in time") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UnreachableError(
+                f"{method} {where(url)}: cannot connect to {exc.host}:{exc.port} "
+                f"({exc.os_error.strerror or exc.os_error})") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportError(
+                f"{method} {where(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        return None

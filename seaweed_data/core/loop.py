@@ -1,0 +1,103 @@
+"""One event-loop thread per process, and the explicit bridge that runs coroutines on it.
+
+Every async object of seaweed_data (aiohttp sessions, locks, caches in flight) lives on this
+loop. Sync callers use :func:`run`. The thread starts when the first user acquires it and stops
+when the last one releases it, so a closed client leaves no thread behind. After ``fork`` the
+child starts with no loop at all: the parent's thread does not exist there, and anything bound
+to the parent's loop is dropped by its owner (see ``register_at_fork`` below and the pid checks
+in the clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """A daemon thread running an asyncio loop, reference-counted by its users."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._users = 0
+
+    def acquire(self) -> asyncio.AbstractEventLoop:
+        """Register one user; start the thread if it is not running."""
+        with self._lock:
+            self._users += 1
+            if self._loop is None:
+                self._start()
+            assert self._loop is not None
+            return self._loop
+
+    def release(self) -> None:
+        """Unregister one user; the last one out stops and joins the thread."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or self._loop is None:
+                return
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+            loop.close()
+
+    @property
+    def users(self) -> int:
+        return self._users
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop thread and wait for its result from this thread."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("blocking seaweed_data call made from its own event loop; "
+                               "use the async API (await) there")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except (KeyboardInterrupt, concurrent.futures.TimeoutError):
+            future.cancel()
+            raise
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=main, name="seaweed_data-loop", daemon=True)
+        thread.start()
+        ready.wait()
+        self._loop, self._thread = loop, thread
+
+    def _reset_after_fork(self) -> None:
+        # The parent's loop thread does not exist in the child; its loop object may hold
+        # a locked selector. Forget it without touching it.
+        self._lock = threading.RLock()
+        self._loop = self._thread = None
+        self._users = 0
+
+
+LOOP = LoopThread()
+"""The process-wide loop thread."""
+
+os.register_at_fork(after_in_child=LOOP._reset_after_fork)

@@ -1,0 +1,127 @@
+"""Reading needles (chunks) straight from volume servers, with failover between replicas.
+
+Each try has a short first-byte timeout (``Config.volume_timeout``): a replica that accepts
+connections but never answers (a stopped process) costs at most that long before the next
+replica is asked, and it is then tried last for ``Config.slow_server_ttl``. After every replica
+failed, the volume is looked up again and the round repeats with backoff.
+Range reads send ``Accept-Encoding: identity`` so a needle stored gzip-compressed is sliced
+after decompression. Encrypted chunks (``cipher_key``) are fetched whole and decrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+
+import aiohttp
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..config import Config
+from ..errors import CorruptDataError, NotFoundError, PermissionDeniedError, TransportError
+from .entry import Chunk
+from .http import RETRY_STATUSES, Http, Response
+from .metrics import Counters
+from .volumes import VolumeLocations
+
+log = logging.getLogger(__name__)
+
+NONCE_BYTES = 12
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class ChunkMissingError(NotFoundError):
+    """No replica has the needle: the file changed under us, or data was lost."""
+
+
+class NeedleReader:
+    """Reads byte ranges of chunks from the volume servers that hold them."""
+
+    def __init__(self, http: Http, locations: VolumeLocations, config: Config,
+                 counters: Counters) -> None:
+        self._http = http
+        self._locations = locations
+        self._config = config
+        self._counters = counters
+        self._timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout,
+                                              sock_read=config.volume_timeout)
+
+    async def read(self, chunk: Chunk, start: int, stop: int, path: str) -> bytes:
+        """Bytes ``[start, stop)`` of the chunk's (decrypted, decompressed) data."""
+        if chunk.cipher_key is not None:
+            return decrypt(await self._fetch(chunk, None, path), chunk, path)[start:stop]
+        if start == 0 and stop >= chunk.size:
+            return await self._fetch(chunk, None, path)
+        return await self._fetch(chunk, (start, stop), path)
+
+    async def _fetch(self, chunk: Chunk, span: tuple[int, int] | None, path: str) -> bytes:
+        headers = {"Accept-Encoding": "identity"}
+        if span is not None:
+            headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
+        error: Exception | None = None
+        for attempt in range(self._config.retries + 1):
+            servers = await self._locations.lookup(chunk.volume_id, path)
+            missing = 0
+            for server in servers:
+                try:
+                    return await self._try(server, chunk, span, headers, path)
+                except ChunkMissingError as exc:
+                    missing, error = missing + 1, exc
+                except TransportError as exc:
+                    log.info("volume server %s failed for %s (%s); trying another replica",
+                             server, path, exc)
+                    self._locations.mark_bad(server)
+                    self._counters.add("failovers")
+                    error = exc
+            self._locations.invalidate(chunk.volume_id)
+            if missing == len(servers):
+                break
+            await asyncio.sleep(self._http.backoff(attempt))
+        assert error is not None
+        raise error
+
+    async def _try(self, server: str, chunk: Chunk, span: tuple[int, int] | None,
+                   headers: dict[str, str], path: str) -> bytes:
+        url = f"http://{server}/{chunk.file_id}"
+        response = await self._http.attempt("GET", url, kind="volume", headers=headers,
+                                             timeout=self._timeout)
+        body = self._check(response, chunk, url, path)
+        if span is not None:
+            if response.status == 200:  # the server ignored Range
+                body = body[span[0]:span[1]]
+            if len(body) != span[1] - span[0]:
+                raise TransportError(f"GET {url}: short body for {path!r}: "
+                                     f"{len(body)} of {span[1] - span[0]} bytes")
+        elif chunk.cipher_key is None and len(body) != chunk.size:
+            raise TransportError(f"GET {url}: {len(body)} bytes for {path!r}, "
+                                 f"expected {chunk.size}")
+        self._counters.add("bytes_fetched", len(body))
+        return body
+
+    def _check(self, response: Response, chunk: Chunk, url: str, path: str) -> bytes:
+        status = response.status
+        if status in (200, 206):
+            return response.body
+        if status == 404:
+            raise ChunkMissingError(path, f"chunk {chunk.file_id} is missing on {url}")
+        if status in (401, 403):
+            raise PermissionDeniedError(
+                f"volume server refused to read {path!r} (HTTP {status}): "
+                "a volume read key (security.toml jwt.signing.read) is needed")
+        if status in RETRY_STATUSES:
+            raise TransportError(f"GET {url}: HTTP {status} for {path!r}")
+        raise TransportError(f"GET {url}: unexpected HTTP {status} for {path!r}")
+
+
+def decrypt(data: bytes, chunk: Chunk, path: str) -> bytes:
+    """AES-256-GCM with the 12-byte nonce in front; then gunzip if stored compressed."""
+    assert chunk.cipher_key is not None
+    try:
+        plain = AESGCM(chunk.cipher_key).decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], None)
+    except (InvalidTag, ValueError) as exc:
+        raise CorruptDataError(f"cannot decrypt chunk {chunk.file_id} of {path!r}: "
+                               f"{type(exc).__name__}", path=path, offset=chunk.offset) from None
+    if chunk.is_compressed and plain.startswith(GZIP_MAGIC):
+        plain = gzip.decompress(plain)
+    return plain

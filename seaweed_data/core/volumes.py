@@ -1,0 +1,102 @@
+"""Where volumes live: the master's ``/dir/lookup``, cached, with a memory of bad servers.
+
+A lookup is cached for ``Config.location_ttl`` and invalidated when a read fails. Concurrent
+lookups of one volume share one request. A server that failed or stalled is remembered for
+``Config.slow_server_ttl`` and tried after the others; when the master cannot be reached, a
+stale cached answer is better than none and is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ..config import Config
+from ..errors import NotFoundError, ServerError, TransportError
+from .http import Http
+
+log = logging.getLogger(__name__)
+
+MasterSource = Callable[[], Awaitable[list[str]]]
+
+
+class NoMasterError(Exception):
+    """No master is known: the caller reads through the filer instead."""
+
+
+class VolumeLocations:
+    """Volume id -> the volume servers holding it, best first."""
+
+    def __init__(self, http: Http, masters: MasterSource, config: Config) -> None:
+        self._http = http
+        self._masters = masters
+        self._config = config
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._pending: dict[str, asyncio.Future[list[str]]] = {}
+        self._bad_until: dict[str, float] = {}
+
+    async def lookup(self, volume_id: str, path: str = "") -> list[str]:
+        """Servers (``host:port``) holding ``volume_id``, healthy ones first."""
+        cached = self._cache.get(volume_id)
+        if cached and time.monotonic() - cached[0] < self._config.location_ttl:
+            return self.ordered(cached[1])
+        pending = self._pending.get(volume_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(volume_id, path))
+            self._pending[volume_id] = pending
+            pending.add_done_callback(lambda _f: self._pending.pop(volume_id, None))
+        return self.ordered(await asyncio.shield(pending))
+
+    async def _fetch(self, volume_id: str, path: str) -> list[str]:
+        masters = await self._masters()
+        if not masters:
+            raise NoMasterError()
+        error: Exception | None = None
+        for master in masters:
+            try:
+                servers = await self._ask(master, volume_id, path)
+            except (TransportError, ServerError) as exc:
+                error = exc
+                continue
+            self._cache[volume_id] = (time.monotonic(), servers)
+            return servers
+        stale = self._cache.get(volume_id)
+        if stale:
+            log.warning("master unreachable (%s); using cached locations of volume %s",
+                        error, volume_id)
+            return stale[1]
+        assert error is not None
+        raise error
+
+    async def _ask(self, master: str, volume_id: str, path: str) -> list[str]:
+        url = f"{master}/dir/lookup"
+        response = await self._http.request("GET", url, kind="master",
+                                            params={"volumeId": volume_id})
+        try:
+            body = json.loads(response.body or b"{}")
+        except ValueError:
+            body = {}
+        locations = body.get("locations") if isinstance(body, dict) else None
+        if response.status == 200 and locations:
+            return [str(loc["url"]) for loc in locations]
+        detail = body.get("error") if isinstance(body, dict) else None
+        if response.status == 404 or (detail and "not found" in str(detail)):
+            raise NotFoundError(path or volume_id, f"volume {volume_id} not found on the master")
+        raise ServerError(f"master {master} lookup of volume {volume_id} for {path!r}: "
+                          f"HTTP {response.status} {detail or ''}".rstrip(), response.status)
+
+    def ordered(self, servers: list[str]) -> list[str]:
+        now = time.monotonic()
+        return sorted(servers, key=lambda s: self._bad_until.get(s, 0.0) > now)
+
+    def mark_bad(self, server: str) -> None:
+        """Try ``server`` last for a while."""
+        self._bad_until[server] = time.monotonic() + self._config.slow_server_ttl
+
+    def invalidate(self, volume_id: str) -> None:
+        entry = self._cache.get(volume_id)
+        if entry:  # keep it as a stale fallback, but make the next lookup ask again
+            self._cache[volume_id] = (float("-inf"), entry[1])

@@ -1,0 +1,120 @@
+"""The one exception tree of seaweed_data.
+
+::
+
+    SeaweedDataError
+    ├── ConfigError                 (also ValueError)   a bad option or environment variable
+    ├── InvalidLocationError        (also ValueError)   a URL or path we cannot parse
+    ├── NotFoundError               (also FileNotFoundError)
+    ├── NotDirectoryError           (also NotADirectoryError)
+    ├── IsDirectoryError            (also IsADirectoryError)
+    ├── PermissionDeniedError       (also PermissionError)  401/403, missing or wrong JWT key
+    ├── TransportError              (also OSError)      the network failed after all retries
+    │   ├── UnreachableError                            cannot connect to a server
+    │   └── RequestTimeoutError     (also TimeoutError) a server did not answer in time
+    ├── ServerError                                     an unexpected HTTP status
+    ├── CorruptDataError                                bad checksum, size or framing
+    └── ClusterError                                    a LocalCluster failed to start
+
+Every error names the path (and the offset where one applies) and never carries credentials.
+"""
+
+from __future__ import annotations
+
+
+class SeaweedDataError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigError(SeaweedDataError, ValueError):
+    """An option or a ``SEAWEED_DATA_*`` environment variable has a bad value."""
+
+
+class InvalidLocationError(SeaweedDataError, ValueError):
+    """A location (``seaweedfs://``, ``http(s)://`` or a bare path) cannot be used."""
+
+
+class NotFoundError(SeaweedDataError, FileNotFoundError):
+    """The path does not exist on the filer."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        msg = f"No such file or directory: {path!r}"
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotDirectoryError(SeaweedDataError, NotADirectoryError):
+    """A directory operation was asked of a file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class IsDirectoryError(SeaweedDataError, IsADirectoryError):
+    """A file operation was asked of a directory."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PermissionDeniedError(SeaweedDataError, PermissionError):
+    """The server refused the request (HTTP 401/403): a JWT key is missing or wrong."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TransportError(SeaweedDataError, OSError):
+    """A request failed at the network level after every retry."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnreachableError(TransportError):
+    """A server could not be connected to."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """A server accepted the connection but did not answer in time."""
+
+
+class ServerError(SeaweedDataError):
+    """A server answered with a status we cannot use."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CorruptDataError(SeaweedDataError):
+    """Data failed a checksum, size or framing check."""
+
+    def __init__(self, message: str, path: str = "", offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class ClusterError(SeaweedDataError):
+    """A LocalCluster could not be started or stopped."""
+
+
+__all__ = [
+    "ClusterError",
+    "ConfigError",
+    "CorruptDataError",
+    "InvalidLocationError",
+    "IsDirectoryError",
+    "NotDirectoryError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RequestTimeoutError",
+    "SeaweedDataError",
+    "ServerError",
+    "TransportError",
+    "UnreachableError",
+]
