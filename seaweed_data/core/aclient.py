@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from ..config import Config
 from ..errors import IsDirectoryError, NotFoundError, SeaweedDataError
 from . import listing
 from .chunks import ChunkMap, Piece, clamp_range
+from .discovery import default_grpc_port, discover_masters
 from .entry import Entry
 from .filer import Filer
 from .http import Http
@@ -46,7 +48,7 @@ class AsyncClient:
         self.filer = Filer(filer, self.http, config)
         self.locations = VolumeLocations(self.http, self.masters, config)
         self.needles = NeedleReader(self.http, self.locations, config, counters)
-        self._entries: LRU = LRU(METADATA_CACHE_ENTRIES)
+        self._entries: LRU[str, tuple[float, Entry]] = LRU(METADATA_CACHE_ENTRIES)
         self._masters: list[str] | None = [config.master] if config.master else None
         self._discovered_at = float("-inf")
 
@@ -62,8 +64,6 @@ class AsyncClient:
         if time.monotonic() - self._discovered_at < DISCOVERY_RETRY_SECONDS:
             return []
         self._discovered_at = time.monotonic()
-        from .discovery import default_grpc_port, discover_masters
-
         parts = urlsplit(self.filer.base)
         host = parts.hostname or "127.0.0.1"
         port = self.config.filer_grpc_port or default_grpc_port(parts.port or 80)
@@ -82,7 +82,7 @@ class AsyncClient:
     async def stat(self, path: str, *, fresh: bool = False) -> Entry:
         cached = None if fresh else self._entries.get(path)
         if cached is not None and time.monotonic() - cached[0] < self.config.metadata_ttl:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         entry = await self.filer.entry(path)
         self.remember(entry, path)
         return entry
@@ -114,7 +114,7 @@ class AsyncClient:
             return b""
         if entry.content is not None and not entry.chunks:
             return entry.content[start:stop]
-        if entry.remote and not entry.chunks:
+        if (entry.remote and not entry.chunks) or not await self.masters():
             return await self.filer.read(entry.path, start, stop)
         if entry.has_manifest:
             entry = await self.filer.entry(entry.path, resolve_manifest=True)
@@ -126,7 +126,7 @@ class AsyncClient:
     async def _read_pieces(self, entry: Entry, plan: list[Piece]) -> bytes:
         if len(plan) == 1:
             return await self._read_piece(entry, plan[0])
-        parts = await gather_bounded([lambda p=p: self._read_piece(entry, p) for p in plan],
+        parts = await gather_bounded([partial(self._read_piece, entry, p) for p in plan],
                                      self.config.chunk_concurrency)
         return b"".join(parts)
 
@@ -151,7 +151,7 @@ class AsyncClient:
             except ChunkMissingError:
                 return await self.read(path)
 
-        return await gather_bounded([lambda p=p: one(p) for p in paths],
+        return await gather_bounded([partial(one, p) for p in paths],
                                     self.config.concurrency)
 
     # -- namespace ---------------------------------------------------------------------------

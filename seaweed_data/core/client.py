@@ -7,6 +7,7 @@ the first call notices the new pid, drops the parent's session without touching 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -154,11 +155,12 @@ class Client:
         """Like :func:`os.walk`, top-down."""
         core = self._async()
         walker = core.walk(self.path(top))
-        while True:
-            try:
-                yield self._run(walker.__anext__())
-            except StopAsyncIteration:
-                return
+
+        async def step() -> tuple[str, list[str], list[str]] | None:
+            return await anext(walker, None)
+
+        while (item := self._run(step())) is not None:
+            yield item
 
     def glob(self, pattern: str) -> list[str]:
         """Sorted paths matching ``pattern`` (``*``, ``?``, ``[...]``, ``**``)."""
@@ -190,10 +192,8 @@ class Client:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True) and getattr(self, "_pid", 0) == os.getpid():
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown: nothing to do
                 self.close()
-            except Exception:  # noqa: S110  (interpreter shutdown: nothing left to do)
-                pass
 
     def __getstate__(self) -> dict[str, Any]:
         return {"filer": self.filer, "config": self.config}

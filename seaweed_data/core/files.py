@@ -91,7 +91,7 @@ class AtomicWriter(io.BufferedIOBase):
         super().__init__()
         self.name = path
         self._upload = upload
-        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
         self._aborted = False
 
     def writable(self) -> bool:

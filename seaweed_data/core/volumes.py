@@ -47,8 +47,13 @@ class VolumeLocations:
         if pending is None:
             pending = asyncio.ensure_future(self._fetch(volume_id, path))
             self._pending[volume_id] = pending
-            pending.add_done_callback(lambda _f: self._pending.pop(volume_id, None))
+            pending.add_done_callback(lambda f: self._settled(volume_id, f))
         return self.ordered(await asyncio.shield(pending))
+
+    def _settled(self, volume_id: str, future: asyncio.Future[list[str]]) -> None:
+        self._pending.pop(volume_id, None)
+        if not future.cancelled():
+            future.exception()  # retrieved even if every waiter was cancelled meanwhile
 
     async def _fetch(self, volume_id: str, path: str) -> list[str]:
         masters = await self._masters()

@@ -1,0 +1,14 @@
+"""PyTorch layer of seaweed_data (datasets, samplers, checkpoints).
+
+Importing it requires PyTorch: ``pip install "seaweed-data[torch]"``.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without torch installed
+    raise ImportError(
+        "seaweed_data.torch needs PyTorch: pip install 'seaweed-data[torch]'") from exc
+
+__all__: list[str] = []

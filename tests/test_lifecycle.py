@@ -1,0 +1,134 @@
+"""Fork, spawn and pickle safety; nothing of ours survives close()."""
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import seaweed_data as sd
+from seaweed_data.core.loop import LOOP
+
+
+def socket_fds() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def child_pids() -> list[int]:
+    me = str(os.getpid())
+    children = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        children.append(int(pid))
+            except OSError:
+                pass
+    return children
+
+
+def loop_threads() -> int:
+    return sum(t.name == "seaweed_data-loop" for t in threading.enumerate())
+
+
+def test_close_leaves_no_thread_socket_or_child(cluster):
+    assert LOOP.users == 0
+    threads, sockets, children = loop_threads(), socket_fds(), child_pids()
+    with cluster.client() as client:
+        client.write("/life/a.bin", b"a" * 3_000_000)
+        client.read_many(["/life/a.bin"] * 20)
+        assert loop_threads() == threads + 1
+        assert socket_fds() > sockets
+    assert loop_threads() == threads
+    assert socket_fds() == sockets
+    assert child_pids() == children
+    with pytest.raises(ValueError, match="closed"):
+        client.read("/life/a.bin")
+    client.close()  # idempotent
+
+
+def test_two_clients_share_one_loop_thread(cluster):
+    a, b = cluster.client(), cluster.client()
+    a.write("/life/shared.bin", b"s")
+    assert b.read("/life/shared.bin") == b"s"
+    assert loop_threads() == 1
+    a.close()
+    assert b.read("/life/shared.bin") == b"s"
+    b.close()
+    assert loop_threads() == 0
+
+
+def _read_in_child(client, path, conn):
+    try:
+        conn.send(client.read(path))
+        client.close()
+    except BaseException as exc:  # report anything to the parent
+        conn.send(repr(exc))
+
+
+def test_client_works_after_fork(cluster):
+    with cluster.client() as client:
+        client.write("/life/fork.bin", b"forked" * 100_000)
+        assert client.read("/life/fork.bin")[:6] == b"forked"  # parent session is warm
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_read_in_child, args=(client, "/life/fork.bin", child))
+        proc.start()
+        assert parent.recv() == b"forked" * 100_000
+        proc.join(30)
+        assert proc.exitcode == 0
+        assert client.read("/life/fork.bin", 0, 6) == b"forked"  # parent unaffected
+
+
+def test_client_works_in_spawned_process_via_pickle(cluster):
+    with cluster.client() as client:
+        client.write("/life/spawn.bin", b"spawned")
+        clone = pickle.loads(pickle.dumps(client))
+        assert clone.read("/life/spawn.bin") == b"spawned"
+        clone.close()
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_read_in_child, args=(client, "/life/spawn.bin", child))
+        proc.start()
+        assert parent.recv() == b"spawned"
+        proc.join(60)
+        assert proc.exitcode == 0
+
+
+def test_blocking_call_from_the_loop_thread_is_refused(cluster):
+
+    with cluster.client() as client:
+        client.write("/life/x.bin", b"x")
+
+        async def inner():
+            return client.read("/life/x.bin")
+
+        with pytest.raises(RuntimeError, match="async"):
+            LOOP.run(inner())
+
+
+def test_import_pulls_in_neither_torch_nor_tensorflow():
+    code = ("import sys, seaweed_data; "
+            "bad = [m for m in ('torch', 'tensorflow') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_repr_and_stats():
+    client = sd.Client("127.0.0.1:1")
+    assert repr(client) == "Client('http://127.0.0.1:1')"
+    assert client.stats()["requests"] == 0
+    assert set(sd.stats()) >= {"bytes_fetched", "requests", "cache_hits", "cache_misses",
+                               "prefetch_issued", "prefetch_used", "prefetch_wasted"}
+    client.close()
