@@ -141,9 +141,8 @@ def test_open_rb_serves_tarfile_pillow_and_torch(client):
 
     torch = pytest.importorskip("torch")
     state = {"w": torch.arange(300_000, dtype=torch.float32)}
-    raw = io.BytesIO()
-    torch.save(state, raw)
-    client.write("/read/state.pt", raw.getvalue())
+    with client.open("/read/state.pt", "wb") as f:
+        torch.save(state, f)
     with client.open("/read/state.pt") as f:
         loaded = torch.load(f, weights_only=True)
     assert torch.equal(loaded["w"], state["w"])

@@ -119,20 +119,22 @@ class AsyncClient:
         if entry.has_manifest:
             entry = await self.filer.entry(entry.path, resolve_manifest=True)
         try:
-            return await self._read_pieces(entry, ChunkMap(entry.chunks).plan(start, stop))
+            return await self._read_pieces(entry, plan_read(entry, start, stop))
         except NoMasterError:
             return await self.filer.read(entry.path, start, stop)
 
     async def _read_pieces(self, entry: Entry, plan: list[Piece]) -> bytes:
         if len(plan) == 1:
-            return await self._read_piece(entry, plan[0])
-        parts = await gather_bounded([partial(self._read_piece, entry, p) for p in plan],
-                                     self.config.chunk_concurrency)
-        return b"".join(parts)
+            parts = await self._read_piece(entry, plan[0])
+        else:
+            pieces = await gather_bounded([partial(self._read_piece, entry, p) for p in plan],
+                                          self.config.chunk_concurrency)
+            parts = [part for piece_parts in pieces for part in piece_parts]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _read_piece(self, entry: Entry, piece: Piece) -> bytes:
+    async def _read_piece(self, entry: Entry, piece: Piece) -> list[bytes]:
         if piece.chunk is None:
-            return bytes(piece.size)
+            return [bytes(piece.size)]
         start = piece.chunk_start
         return await self.needles.read(piece.chunk, start, start + piece.size, entry.path)
 
@@ -187,6 +189,15 @@ class AsyncClient:
         except NotFoundError:
             return False
         return True
+
+
+def plan_read(entry: Entry, start: int, stop: int) -> list[Piece]:
+    """The pieces of ``[start, stop)``; the common one-chunk file skips the interval math."""
+    if len(entry.chunks) == 1:
+        chunk = entry.chunks[0]
+        if chunk.offset == 0 and chunk.size >= stop and not chunk.is_chunk_manifest:
+            return [Piece(start, stop, chunk)]
+    return ChunkMap(entry.chunks).plan(start, stop)
 
 
 async def gather_bounded(factories: Sequence[Callable[[], Awaitable[T]]],

@@ -340,11 +340,11 @@ class LocalCluster:
 
     def pause_volume(self, i: int) -> None:
         """Freeze volume server ``i`` (SIGSTOP): connections stay open and nothing answers."""
-        self._volume(i).send(signal.SIGSTOP)
+        self._volume(i).pause()
 
     def resume_volume(self, i: int) -> None:
         """Resume a paused volume server (SIGCONT)."""
-        self._volume(i).send(signal.SIGCONT)
+        self._volume(i).pause(False)
 
     def start_volume(self, i: int, wait: bool = True) -> None:
         """Start a stopped volume server again on its old ports and directory; with ``wait``,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from ..config import Config
 from ..errors import RequestTimeoutError, TransportError, UnreachableError
@@ -37,7 +38,18 @@ MAX_RETRY_AFTER = 10.0
 class Response:
     status: int
     headers: CIMultiDictProxy[str]
-    body: bytes
+    parts: list[bytes]
+    """The body as received; joined lazily, so large bodies are copied once, at the end."""
+
+    @property
+    def body(self) -> bytes:
+        if len(self.parts) != 1:
+            self.parts = [b"".join(self.parts)]
+        return self.parts[0]
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
 
 
 def where(url: str) -> str:
@@ -65,6 +77,7 @@ class Http:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, read_bufsize=1 << 20,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(
                     sock_connect=self.config.connect_timeout,
                     sock_read=self.config.read_timeout),
@@ -134,16 +147,24 @@ class Http:
 
     async def attempt(self, method: str, url: str, *, kind: str,
                       headers: Mapping[str, str] | None = None,
-                      timeout: aiohttp.ClientTimeout | None = None, **kwargs: Any) -> Response:
-        """One try; network failures become :class:`TransportError` subclasses."""
+                      timeout: aiohttp.ClientTimeout | None = None, stream: bool = False,
+                      **kwargs: Any) -> Response:
+        """One try; network failures become :class:`TransportError` subclasses.
+
+        ``stream=True`` keeps the body as the pieces the socket delivered (no join).
+        """
         self.counters.add("requests")
         self.counters.add(f"{kind}_requests")
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
-            async with self.session().request(method, url, headers=headers, **kwargs) as resp:
-                body = await resp.read()
-                return Response(resp.status, resp.headers, body)
+            async with self.session().request(method, URL(url, encoded=True), headers=headers,
+                                              **kwargs) as resp:
+                if stream and resp.status in (200, 206):
+                    parts = [part async for part in resp.content.iter_any()]
+                else:
+                    parts = [await resp.read()]
+                return Response(resp.status, resp.headers, parts)
         except asyncio.TimeoutError as exc:
             raise RequestTimeoutError(
                 f"{method} {where(url)}: no answer in time") from exc

@@ -47,15 +47,18 @@ class NeedleReader:
         self._timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout,
                                               sock_read=config.volume_timeout)
 
-    async def read(self, chunk: Chunk, start: int, stop: int, path: str) -> bytes:
-        """Bytes ``[start, stop)`` of the chunk's (decrypted, decompressed) data."""
+    async def read(self, chunk: Chunk, start: int, stop: int, path: str) -> list[bytes]:
+        """Bytes ``[start, stop)`` of the chunk's (decrypted, decompressed) data, in pieces
+        as they came off the socket (join them once, with the rest of the read)."""
         if chunk.cipher_key is not None:
-            return decrypt(await self._fetch(chunk, None, path), chunk, path)[start:stop]
+            whole = b"".join(await self._fetch(chunk, None, path))
+            return [decrypt(whole, chunk, path)[start:stop]]
         if start == 0 and stop >= chunk.size:
             return await self._fetch(chunk, None, path)
         return await self._fetch(chunk, (start, stop), path)
 
-    async def _fetch(self, chunk: Chunk, span: tuple[int, int] | None, path: str) -> bytes:
+    async def _fetch(self, chunk: Chunk, span: tuple[int, int] | None,
+                     path: str) -> list[bytes]:
         headers = {"Accept-Encoding": "identity"}
         if span is not None:
             headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
@@ -82,27 +85,28 @@ class NeedleReader:
         raise error
 
     async def _try(self, server: str, chunk: Chunk, span: tuple[int, int] | None,
-                   headers: dict[str, str], path: str) -> bytes:
+                   headers: dict[str, str], path: str) -> list[bytes]:
         url = f"http://{server}/{chunk.file_id}"
         response = await self._http.attempt("GET", url, kind="volume", headers=headers,
-                                             timeout=self._timeout)
-        body = self._check(response, chunk, url, path)
+                                             timeout=self._timeout, stream=True)
+        self._check(response, chunk, url, path)
+        received = response.size
+        self._counters.add("bytes_fetched", received)
         if span is not None:
             if response.status == 200:  # the server ignored Range
-                body = body[span[0]:span[1]]
-            if len(body) != span[1] - span[0]:
-                raise TransportError(f"GET {url}: short body for {path!r}: "
-                                     f"{len(body)} of {span[1] - span[0]} bytes")
-        elif chunk.cipher_key is None and len(body) != chunk.size:
-            raise TransportError(f"GET {url}: {len(body)} bytes for {path!r}, "
-                                 f"expected {chunk.size}")
-        self._counters.add("bytes_fetched", len(body))
-        return body
+                response.parts = [response.body[span[0]:span[1]]]
+            expected = span[1] - span[0]
+        else:
+            expected = chunk.size if chunk.cipher_key is None else received
+        if response.size != expected:
+            raise TransportError(f"GET {url}: {response.size} bytes for {path!r}, "
+                                 f"expected {expected}")
+        return response.parts
 
-    def _check(self, response: Response, chunk: Chunk, url: str, path: str) -> bytes:
+    def _check(self, response: Response, chunk: Chunk, url: str, path: str) -> None:
         status = response.status
         if status in (200, 206):
-            return response.body
+            return
         if status == 404:
             raise ChunkMissingError(path, f"chunk {chunk.file_id} is missing on {url}")
         if status in (401, 403):

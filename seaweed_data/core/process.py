@@ -132,6 +132,17 @@ class WeedProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(sig)
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT with ``paused=False``), and on Linux wait until the kernel has
+        acted on it, so that a test sees a frozen (or running) server right away."""
+        self.send(signal.SIGSTOP if paused else signal.SIGCONT)
+        deadline = time.monotonic() + 2.0
+        while self.alive and self.pid is not None and time.monotonic() < deadline:
+            state = _linux_state(self.pid)
+            if state is None or (state in "Tt") == paused:
+                return
+            time.sleep(0.005)
+
     def log_tail(self, lines: int = 30) -> str:
         """The end of this run's log, for error messages: the last ``lines`` lines, after the
         few earlier ones that say what went wrong (fatal errors, unknown flags)."""
@@ -153,6 +164,15 @@ class WeedProcess:
     def kill(self) -> None:
         """SIGKILL and reap."""
         stop_all([self], 0.0)
+
+
+def _linux_state(pid: int) -> str | None:
+    """One-letter state of a process from /proc (``R``, ``S``, ``T``…), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def stop_all(processes: Iterable[WeedProcess], grace: float) -> None:

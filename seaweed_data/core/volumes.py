@@ -94,6 +94,8 @@ class VolumeLocations:
                           f"HTTP {response.status} {detail or ''}".rstrip(), response.status)
 
     def ordered(self, servers: list[str]) -> list[str]:
+        if not self._bad_until:
+            return servers
         now = time.monotonic()
         return sorted(servers, key=lambda s: self._bad_until.get(s, 0.0) > now)
 
