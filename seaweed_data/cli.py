@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -62,10 +63,8 @@ def _server(args: argparse.Namespace) -> int:
         if cluster.s3_url:
             print(f"s3      {cluster.s3_url}  (access key {cluster.s3_access_key})")
         print("Ctrl-C to stop", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
         print("stopping ...", flush=True)
     return 0
 

@@ -57,7 +57,7 @@ class Config:
     max_connections: int = 64
     concurrency: int = 32
     """Requests in flight for one ``read_many``."""
-    chunk_concurrency: int = 8
+    chunk_concurrency: int = 16
     """Chunks of one file fetched in parallel."""
     metadata_ttl: float = 2.0
     """Seconds an entry's chunk list is reused before asking the filer again."""

@@ -114,8 +114,8 @@ def test_a_chunk_gone_on_every_replica_is_a_clear_error(cluster, real_files):
     vid = real["chunks"][0]["file_id"].split(",")[0]
     broken = dict(real, FullPath="/gone.bin",
                   chunks=[dict(real["chunks"][0], file_id=f"{vid},ffffffff01020304")])
-    with MetadataFiler(cluster.filer_url, {"/gone.bin": broken}, {}) as fake, sd.Client(
-            fake, sd.Config(master=cluster.master_url)) as client:
-        with pytest.raises(sd.NotFoundError, match="gone.bin"):
-            client.read("/gone.bin")
+    with (MetadataFiler(cluster.filer_url, {"/gone.bin": broken}, {}) as fake,
+          sd.Client(fake, sd.Config(master=cluster.master_url)) as client,
+          pytest.raises(sd.NotFoundError, match=r"gone\.bin")):
+        client.read("/gone.bin")
     assert json.dumps(broken)  # the entry itself was well formed

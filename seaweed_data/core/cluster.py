@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 _START_ATTEMPTS = 3  # a port picked as free may be taken by someone else before weed binds it
 _POLL_SECONDS = 0.05
-Problem = Callable[[], "str | None"]
+Problem = Callable[[], str | None]
 Check = tuple[str, str, Problem]  # component, what is awaited, None when it holds
 
 

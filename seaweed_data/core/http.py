@@ -161,7 +161,7 @@ class Http:
             async with self.session().request(method, URL(url, encoded=True), headers=headers,
                                               **kwargs) as resp:
                 if stream and resp.status in (200, 206):
-                    parts = [part async for part in resp.content.iter_any()]
+                    parts = [part async for part, _ in resp.content.iter_chunks()]
                 else:
                     parts = [await resp.read()]
                 return Response(resp.status, resp.headers, parts)
