@@ -1,0 +1,33 @@
+"""Cache keys: what a cached block is, and which dataset item it belongs to."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BlockKey:
+    """Bytes ``[start, stop)`` of one version of one file.
+
+    ``item`` is what prefetch hints and the eviction policy talk about (the file's path): all
+    blocks of a file share its next use. ``version`` is the file's content identity
+    (:attr:`Entry.version`: chunk ids, size, mtime), so a rewritten file never hits an old
+    block.
+    """
+
+    item: str
+    version: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def digest(self) -> str:
+        """A fixed-length hex name for this block (disk file names, logs without paths)."""
+        h = hashlib.blake2b(digest_size=20)
+        h.update(f"{self.item}\0{self.version}\0{self.start}\0{self.stop}".encode())
+        return h.hexdigest()
