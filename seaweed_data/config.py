@@ -71,6 +71,11 @@ class Config:
     disk_cache_bytes: int = 10 * GiB
     eviction: str = "future"
     prefetch_bytes: int = 256 * MiB
+    """Bytes fetched ahead of the consumer (in flight or waiting to be read), at most."""
+    prefetch_items: int = 32
+    """Files fetched ahead of the consumer, at most."""
+    prefetch_timeout: float = 60.0
+    """Seconds one prefetch may take before it is given up (the consumer then reads itself)."""
     coalesce_gap_bytes: int = 64 * KiB
     per_server_concurrency: int = 16
     security_toml: str | None = None
@@ -88,13 +93,14 @@ class Config:
                 raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
         positive = ("connect_timeout", "read_timeout", "volume_timeout", "max_connections",
                     "concurrency", "chunk_concurrency", "list_page_size",
-                    "per_server_concurrency", "backoff_base", "backoff_max")
+                    "per_server_concurrency", "backoff_base", "backoff_max",
+                    "prefetch_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Config.{name} must be > 0, got {getattr(self, name)!r}")
         non_negative = ("retries", "metadata_ttl", "location_ttl", "slow_server_ttl",
                         "memory_cache_bytes", "disk_cache_bytes", "prefetch_bytes",
-                        "coalesce_gap_bytes")
+                        "coalesce_gap_bytes", "prefetch_items")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"Config.{name} must be >= 0, got {getattr(self, name)!r}")

@@ -15,7 +15,7 @@ SIZES = [0, 1, 4095, 1_000_003, 9 * 1024 * 1024 + 17]
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    with cluster.client() as c:
+    with cluster.client(memory_cache_bytes=0) as c:  # every read goes to the servers
         yield c
 
 

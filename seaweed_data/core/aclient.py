@@ -21,11 +21,13 @@ from lru import LRU
 from ..config import Config
 from ..errors import IsDirectoryError, NotFoundError, SeaweedDataError
 from . import listing
+from .aggregate import coalesce, split
 from .chunks import ChunkMap, Piece, clamp_range
 from .discovery import default_grpc_port, discover_masters
 from .entry import Entry
 from .filer import Filer
 from .http import Http
+from .items import ItemReads
 from .metadata import prefetch_entries
 from .metrics import Counters
 from .needles import ChunkMissingError, NeedleReader
@@ -51,9 +53,26 @@ class AsyncClient:
         self._entries: LRU[str, tuple[float, Entry]] = LRU(METADATA_CACHE_ENTRIES)
         self._masters: list[str] | None = [config.master] if config.master else None
         self._discovered_at = float("-inf")
+        self.items = ItemReads(config, counters, self.stat, self.read_entry, self._warm)
 
     async def close(self) -> None:
+        self.items.close()
         await self.http.close()
+
+    # -- the future: hints and orders ----------------------------------------------------------
+
+    async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = ()) -> None:
+        await self.items.set_hints(paths, next_paths)
+
+    async def extend_hints(self, paths: Sequence[str]) -> None:
+        await self.items.extend_hints(paths)
+
+    async def _warm(self, paths: Sequence[str]) -> dict[str, Entry]:
+        """Entries of ``paths`` by listing their directories (those it finds)."""
+        known = await prefetch_entries(self.filer, paths, self.config)
+        for path, entry in known.items():
+            self.remember(entry, path)
+        return known
 
     # -- masters -----------------------------------------------------------------------------
 
@@ -96,13 +115,33 @@ class AsyncClient:
     # -- reading -----------------------------------------------------------------------------
 
     async def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        entry = await self.stat(path)
+        """A whole file through the engine (prefetch, cache), or a range of it."""
+        entry = await self.items.entry(path)
         try:
-            return await self.read_entry(entry, offset, length)
+            return await self._read(entry, offset, length)
         except ChunkMissingError:
             log.info("chunks of %s changed while reading; reading its new version", path)
             entry = await self.stat(path, fresh=True)
-            return await self.read_entry(entry, offset, length)
+            return await self._read(entry, offset, length)
+
+    async def _read(self, entry: Entry, offset: int, length: int | None) -> bytes:
+        start, stop = clamp_range(entry.size, offset, length)
+        if start == 0 and stop == entry.size and not entry.is_dir:
+            return await self.items.read(entry)
+        cached = self.items.cached_slice(entry, start, stop)
+        if cached is not None:
+            return cached
+        return await self.read_entry(entry, offset, length)
+
+    async def read_ranges(self, path: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Many ``(offset, length)`` ranges of one file; near ones share a request."""
+        entry = await self.items.entry(path)
+        bounds = [clamp_range(entry.size, offset, length) for offset, length in ranges]
+        spans = coalesce(bounds, self.config.coalesce_gap_bytes)
+        data = await gather_bounded(
+            [partial(self._read, entry, s.start, s.stop - s.start) for s in spans],
+            self.config.chunk_concurrency)
+        return split(spans, data, bounds)
 
     async def read_entry(self, entry: Entry, offset: int = 0,
                          length: int | None = None) -> bytes:
@@ -140,16 +179,14 @@ class AsyncClient:
 
     async def read_many(self, paths: Sequence[str]) -> list[bytes]:
         """Whole files, fetched concurrently; results in the order of ``paths``."""
-        known = await prefetch_entries(self.filer, paths, self.config)
-        for path, entry in known.items():
-            self.remember(entry, path)
+        known = await self._warm([p for p in paths if not self.items.is_hinted(p)])
 
         async def one(path: str) -> bytes:
             entry = known.get(path)
             if entry is None:
                 return await self.read(path)
             try:
-                return await self.read_entry(entry)
+                return await self._read(entry, 0, None)
             except ChunkMissingError:
                 return await self.read(path)
 

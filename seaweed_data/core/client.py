@@ -7,11 +7,12 @@ the first call notices the new pid, drops the parent's session without touching 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -19,10 +20,11 @@ from ..config import Config
 from ..errors import InvalidLocationError
 from .aclient import AsyncClient
 from .entry import Entry
-from .files import AtomicWriter, RawReader
+from .files import AtomicWriter
 from .location import Location, default_filer, normalize_filer, parse_location
 from .loop import LOOP
 from .metrics import PROCESS, Counters
+from .readahead import ReadaheadReader
 
 T = TypeVar("T")
 READ_BUFFER_BYTES = 1 << 20
@@ -97,6 +99,31 @@ class Client:
         core = self._async()
         return self._run(core.read_many([self.path(p) for p in paths]))
 
+    def read_ranges(self, path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Many ``(offset, length)`` ranges of one file; near ranges share one request."""
+        core = self._async()
+        return self._run(core.read_ranges(self.path(path), ranges))
+
+    # -- the future ----------------------------------------------------------------------------
+
+    def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = ()) -> None:
+        """Announce the exact order of the coming whole-file reads (and, when known, of the
+        next epoch's). It drives prefetching and the ``"future"`` eviction policy; replacing
+        the hints (a new epoch, a resume) cancels prefetches that are no longer ahead."""
+        core = self._async()
+        self._run(core.set_hints([self.path(p) for p in paths],
+                                 [self.path(p) for p in next_paths]))
+
+    def extend_hints(self, paths: Sequence[str]) -> None:
+        """Announce reads that come after the announced ones (the next epoch)."""
+        core = self._async()
+        self._run(core.extend_hints([self.path(p) for p in paths]))
+
+    def expect_order(self, paths: Sequence[str]) -> None:
+        """The natural order of a dataset: reading it sequentially gets prefetched."""
+        core = self._async()
+        core.items.expect_order([self.path(p) for p in paths])
+
     def stat(self, path: str) -> Entry:
         """The entry (size, mtime, is_dir, chunks, ...) at ``path``."""
         core = self._async()
@@ -117,7 +144,7 @@ class Client:
         if mode == "rb":
             core = self._async()
             entry = self._run(core.stat(filer_path, fresh=True))
-            raw = RawReader(entry, self._read_range)
+            raw = ReadaheadReader(entry, self._read_range, self._start_read, self.counters)
             return io.BufferedReader(raw, buffer_size=READ_BUFFER_BYTES)
         if mode == "wb":
             return AtomicWriter(filer_path, lambda data: self.write(filer_path, data))
@@ -126,6 +153,11 @@ class Client:
     def _read_range(self, entry: Entry, offset: int, length: int) -> bytes:
         core = self._async()
         return self._run(core.read_entry(entry, offset, length))
+
+    def _start_read(self, entry: Entry, offset: int,
+                    length: int) -> concurrent.futures.Future[bytes]:
+        core = self._async()
+        return LOOP.submit(core.read_entry(entry, offset, length))
 
     # -- namespace -----------------------------------------------------------------------------
 

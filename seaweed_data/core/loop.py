@@ -72,6 +72,14 @@ class LoopThread:
             future.cancel()
             raise
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop thread without waiting for it."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self._thread
 

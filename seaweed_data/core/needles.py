@@ -22,6 +22,7 @@ from ..config import Config
 from ..errors import CorruptDataError, NotFoundError, PermissionDeniedError, TransportError
 from .entry import Chunk
 from .http import RETRY_STATUSES, Http, Response
+from .limiter import PriorityLimiter
 from .metrics import Counters
 from .volumes import VolumeLocations
 
@@ -46,6 +47,15 @@ class NeedleReader:
         self._counters = counters
         self._timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout,
                                               sock_read=config.volume_timeout)
+        self._limiters: dict[str, PriorityLimiter] = {}
+
+    def _limiter(self, server: str) -> PriorityLimiter:
+        """Requests in flight to one volume server are capped; demand reads go first."""
+        limiter = self._limiters.get(server)
+        if limiter is None:
+            limiter = PriorityLimiter(self._config.per_server_concurrency)
+            self._limiters[server] = limiter
+        return limiter
 
     async def read(self, chunk: Chunk, start: int, stop: int, path: str) -> list[bytes]:
         """Bytes ``[start, stop)`` of the chunk's (decrypted, decompressed) data, in pieces
@@ -87,8 +97,9 @@ class NeedleReader:
     async def _try(self, server: str, chunk: Chunk, span: tuple[int, int] | None,
                    headers: dict[str, str], path: str) -> list[bytes]:
         url = f"http://{server}/{chunk.file_id}"
-        response = await self._http.attempt("GET", url, kind="volume", headers=headers,
-                                             timeout=self._timeout, stream=True)
+        async with self._limiter(server).slot():
+            response = await self._http.attempt("GET", url, kind="volume", headers=headers,
+                                                 timeout=self._timeout, stream=True)
         self._check(response, chunk, url, path)
         received = response.size
         self._counters.add("bytes_fetched", received)

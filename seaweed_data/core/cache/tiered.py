@@ -1,0 +1,93 @@
+"""Memory tier in front of the node-wide disk tier.
+
+A read looks in memory, then on disk (a disk hit is promoted to memory), and counts
+``cache_hits`` (with ``cache_hits_memory`` / ``cache_hits_disk``) or ``cache_misses``. A put
+offers the block to memory (the eviction policy may refuse it) and writes it to disk. Blocks
+larger than ``OFFLOAD_BYTES`` go to and from the disk on a worker thread so the event loop
+never waits for a large file operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from ...config import Config
+from ..metrics import Counters
+from .keys import BlockKey
+from .memory import MemoryTier
+from .policy import make_policy
+
+if TYPE_CHECKING:
+    from .disk import DiskTier
+
+OFFLOAD_BYTES = 1 << 20
+T = TypeVar("T")
+
+
+class TieredCache:
+    """Blocks of files by :class:`BlockKey`; hints steer the memory tier's eviction."""
+
+    def __init__(self, config: Config, counters: Counters) -> None:
+        self.memory = MemoryTier(config.memory_cache_bytes, make_policy(config.eviction))
+        self.disk: DiskTier | None = None
+        if config.disk_cache_dir and config.disk_cache_bytes > 0:
+            from .disk import DiskTier
+
+            self.disk = DiskTier(config.disk_cache_dir, config.disk_cache_bytes)
+        self._counters = counters
+
+    @property
+    def enabled(self) -> bool:
+        return self.memory.capacity_bytes > 0 or self.disk is not None
+
+    def contains(self, key: BlockKey) -> bool:
+        return key in self.memory or (self.disk is not None and key.digest in self.disk)
+
+    async def get(self, key: BlockKey) -> bytes | None:
+        value = self.memory.get(key)
+        if value is not None:
+            self._hit("memory")
+            return bytes(value)
+        if self.disk is not None:
+            disk = self.disk
+            data = await _offload(key.size, lambda: disk.get(key.digest))
+            if data is not None:
+                self._hit("disk")
+                self.memory.put(key, data)
+                return data
+        self._counters.add("cache_misses")
+        return None
+
+    async def put(self, key: BlockKey, data: bytes, *, expires_at: float | None = None) -> None:
+        self.memory.put(key, data)
+        if self.disk is not None:
+            disk = self.disk
+            await _offload(key.size, lambda: disk.put(key.digest, data, expires_at=expires_at))
+
+    def on_demand(self, item: str) -> None:
+        """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
+        self.memory.on_demand(item)
+
+    def set_future(self, items: Sequence[str]) -> None:
+        self.memory.set_future(items)
+
+    def extend_future(self, items: Sequence[str]) -> None:
+        self.memory.extend_future(items)
+
+    def close(self) -> None:
+        self.memory.clear()
+        if self.disk is not None:
+            self.disk.close()
+
+    def _hit(self, tier: str) -> None:
+        self._counters.add("cache_hits")
+        self._counters.add(f"cache_hits_{tier}")
+
+
+async def _offload(size: int, fn: Callable[[], T]) -> T:
+    """Large blocks: file I/O on a worker thread, so the event loop keeps serving."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn)
+    return fn()

@@ -1,0 +1,172 @@
+"""Whole-file reads through the engine: prefetcher, tiered cache, single-flight fetches.
+
+A consumer that knows its future announces it: :meth:`ItemReads.set_hints` takes the exact
+order of the files it will read (this epoch, and the next one when known). The same order
+drives the prefetcher (what to fetch ahead) and the memory tier's eviction (what to keep).
+Metadata of hinted files is fetched up front by listing their directories and kept for as long
+as the hints stand, so an epoch costs one listing page per thousand files, not a request each.
+
+Without hints, a consumer that walks a known order sequentially (``expect_order``: a dataset
+read with ``shuffle=False``) is detected and prefetched as if it had announced it.
+
+Every demand read of a file (hit or miss) moves the eviction policy's cursor; every fetch is
+single-flight: readers of one block in flight (threads, a prefetch and a demand read) share one
+request, and it is cancelled only when all of them gave up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from ..config import Config
+from .cache.keys import BlockKey
+from .cache.tiered import TieredCache
+from .entry import Entry
+from .metrics import Counters
+from .patterns import OrderDetector
+from .prefetch import Prefetcher
+
+Stat = Callable[[str], Awaitable[Entry]]
+Download = Callable[[Entry], Awaitable[bytes]]
+WarmMetadata = Callable[[Sequence[str]], Awaitable[dict[str, Entry]]]
+
+
+def whole_file_key(entry: Entry) -> BlockKey:
+    return BlockKey(entry.path, entry.version, 0, entry.size)
+
+
+@dataclass
+class _Shared:
+    task: asyncio.Task[bytes]
+    waiters: int = 0
+
+
+class ItemReads:
+    """Cached, prefetched, single-flight whole-file reads for one client."""
+
+    def __init__(self, config: Config, counters: Counters, stat: Stat, download: Download,
+                 warm: WarmMetadata) -> None:
+        self.config = config
+        self.cache = TieredCache(config, counters)
+        self.prefetcher = Prefetcher(self._prefetch, self._needs_fetch, self._size_of,
+                                     counters, depth=config.prefetch_items,
+                                     budget_bytes=config.prefetch_bytes,
+                                     timeout=config.prefetch_timeout)
+        self._counters = counters
+        self._stat = stat
+        self._download = download
+        self._warm = warm
+        self._hinted: dict[str, Entry] = {}
+        self._inflight: dict[BlockKey, _Shared] = {}
+        self._order: OrderDetector | None = None
+
+    # -- announcing the future -----------------------------------------------------------------
+
+    async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = ()) -> None:
+        """The exact order of the coming reads (and of the next epoch's, when known)."""
+        self._hinted = await self._warm([*paths, *next_paths])
+        everything = [*paths, *next_paths]
+        self.cache.set_future(everything)
+        self.prefetcher.set_hints(everything)
+
+    async def extend_hints(self, paths: Sequence[str]) -> None:
+        """More reads after the announced ones (e.g. the next epoch, computed ahead)."""
+        self._hinted.update(await self._warm(paths))
+        self.cache.extend_future(paths)
+        self.prefetcher.extend_hints(paths)
+
+    def expect_order(self, paths: Sequence[str]) -> None:
+        """The natural order of a dataset: sequential traversals of it get prefetched."""
+        self._order = OrderDetector(paths, self._counters)
+
+    def is_hinted(self, path: str) -> bool:
+        return path in self._hinted
+
+    def clear_hints(self) -> None:
+        self._hinted = {}
+        self.cache.set_future(())
+        self.prefetcher.clear()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def entry(self, path: str) -> Entry:
+        hinted = self._hinted.get(path)
+        return hinted if hinted is not None else await self._stat(path)
+
+    async def read(self, entry: Entry) -> bytes:
+        """The whole file: prefetched, cached, or fetched once for everyone asking."""
+        path = entry.path
+        self.cache.on_demand(path)
+        slot = self.prefetcher.claim(path)
+        self._follow_order(path)
+        data = await self.prefetcher.receive(slot)
+        if data is not None:
+            return data
+        key = whole_file_key(entry)
+        if self._cacheable(entry):
+            cached = await self.cache.get(key)
+            if cached is not None:
+                return cached
+        return await self._single_flight(entry, key)
+
+    def cached_slice(self, entry: Entry, start: int, stop: int) -> bytes | None:
+        """A range of a file whose whole content is in memory, without I/O."""
+        value = self.cache.memory.get(whole_file_key(entry))
+        return None if value is None else bytes(value[start:stop])
+
+    def _follow_order(self, path: str) -> None:
+        if self._order is None or self._hinted:
+            return
+        upcoming = self._order.observe(path, self.config.prefetch_items)
+        if upcoming:
+            self.prefetcher.set_hints(upcoming)
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    async def _single_flight(self, entry: Entry, key: BlockKey) -> bytes:
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = _Shared(asyncio.ensure_future(self._fetch_and_store(entry, key)))
+            self._inflight[key] = shared
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        except asyncio.CancelledError:
+            if shared.waiters == 1 and not shared.task.done():
+                shared.task.cancel()  # nobody else wants it any more
+            raise
+        finally:
+            shared.waiters -= 1
+
+    async def _fetch_and_store(self, entry: Entry, key: BlockKey) -> bytes:
+        try:
+            data = await self._download(entry)
+            if self._cacheable(entry):
+                expires = entry.mtime + entry.ttl_sec if entry.ttl_sec else None
+                await self.cache.put(key, data, expires_at=expires)
+            return data
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _prefetch(self, path: str) -> bytes:
+        entry = await self.entry(path)
+        return await self._single_flight(entry, whole_file_key(entry))
+
+    def _needs_fetch(self, path: str) -> bool:
+        entry = self._hinted.get(path)
+        return entry is None or not self.cache.contains(whole_file_key(entry))
+
+    def _size_of(self, path: str) -> int:
+        entry = self._hinted.get(path)
+        return entry.size if entry is not None else 0
+
+    def _cacheable(self, entry: Entry) -> bool:
+        return self.cache.enabled and entry.content is None and entry.size > 0
+
+    def close(self) -> None:
+        self.prefetcher.clear()
+        for shared in self._inflight.values():
+            shared.task.cancel()
+        self.cache.close()

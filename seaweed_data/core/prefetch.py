@@ -1,0 +1,148 @@
+"""The prefetcher: fetches the items a consumer announced, in its exact order, just ahead of it.
+
+The consumer announces the order it will read items in (``set_hints``: a new epoch, a resume;
+``extend_hints``: the next epoch, known ahead). The prefetcher keeps at most ``depth`` items and
+``budget_bytes`` bytes fetched or in flight ahead of the consumer. Each read of the consumer
+(:meth:`take`) moves the window: a prefetched item is handed over (``prefetch_used``; if its
+fetch was still running, the consumer waits for that same fetch: ``prefetch_late``), items the
+consumer skipped are dropped (``prefetch_wasted``) and the window refills. Replacing the hints
+cancels in-flight prefetches that fell out of the new window. Prefetch requests run under
+:func:`~seaweed_data.core.limiter.prefetching`, so demand reads overtake them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from itertools import islice
+
+from .limiter import prefetching
+from .metrics import Counters
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str], Awaitable[bytes]]
+Needed = Callable[[str], bool]
+"""Whether an item must be fetched at all (False when it is already cached)."""
+SizeOf = Callable[[str], int]
+
+MAX_LOOKAHEAD_SKIP = 64  # how far ahead a read may match a hint before the hints are ignored
+
+
+@dataclass
+class _Slot:
+    task: asyncio.Task[bytes]
+    size: int
+
+
+class Prefetcher:
+    """Exact-hint prefetching for one consumer (one process's stream of reads)."""
+
+    def __init__(self, fetch: Fetch, needed: Needed, size_of: SizeOf, counters: Counters, *,
+                 depth: int, budget_bytes: int, timeout: float) -> None:
+        self._fetch = fetch
+        self._needed = needed
+        self._size_of = size_of
+        self._counters = counters
+        self.depth = depth
+        self.budget_bytes = budget_bytes
+        self._timeout = timeout
+        self._hints: deque[str] = deque()
+        self._slots: dict[str, _Slot] = {}
+        self._bytes_ahead = 0
+
+    @property
+    def bytes_ahead(self) -> int:
+        """Bytes fetched or in flight and not yet taken by the consumer."""
+        return self._bytes_ahead
+
+    @property
+    def hints(self) -> list[str]:
+        return list(self._hints)
+
+    def set_hints(self, items: Iterable[str]) -> None:
+        """Replace the announced order; prefetches outside the new window are cancelled."""
+        self._hints = deque(items)
+        window = set(islice(self._hints, self.depth))
+        for item in [i for i in self._slots if i not in window]:
+            self._drop(item)
+        self._pump()
+
+    def extend_hints(self, items: Iterable[str]) -> None:
+        """Append to the announced order (the next epoch, known ahead)."""
+        self._hints.extend(items)
+        self._pump()
+
+    async def take(self, item: str) -> bytes | None:
+        """The consumer reads ``item`` now: its prefetched bytes, or None to fetch it itself."""
+        return await self.receive(self.claim(item))
+
+    def claim(self, item: str) -> _Slot | None:
+        """The consumer reads ``item`` now: move the window past it and hand over its slot."""
+        self._advance(item)
+        slot = self._slots.pop(item, None)
+        if slot is not None:
+            self._bytes_ahead -= slot.size
+        self._pump()
+        return slot
+
+    async def receive(self, slot: _Slot | None) -> bytes | None:
+        """The bytes of a claimed slot, or None if there was none or its fetch failed."""
+        if slot is None:
+            return None
+        if not slot.task.done():
+            self._counters.add("prefetch_late")
+        try:
+            data = await asyncio.shield(slot.task)
+        except Exception as exc:  # the consumer refetches and gets the real error, if any
+            log.debug("a prefetch failed (%s); reading on demand", exc)
+            self._counters.add("prefetch_wasted")
+            return None
+        self._counters.add("prefetch_used")
+        return data
+
+    def _advance(self, item: str) -> None:
+        """Pop hints up to the first occurrence of ``item``; skipped prefetches are wasted."""
+        for position, hinted in enumerate(islice(self._hints, MAX_LOOKAHEAD_SKIP)):
+            if hinted == item:
+                for _ in range(position):
+                    skipped = self._hints.popleft()
+                    if skipped in self._slots:
+                        self._drop(skipped)
+                self._hints.popleft()
+                return
+
+    def _pump(self) -> None:
+        for item in islice(self._hints, self.depth):
+            if item in self._slots or not self._needed(item):
+                continue
+            size = self._size_of(item)
+            if self._slots and self._bytes_ahead + size > self.budget_bytes:
+                return
+            with prefetching():  # the task inherits the context: its requests yield to demand
+                task = asyncio.ensure_future(asyncio.wait_for(self._fetch(item), self._timeout))
+            task.add_done_callback(_retrieve)
+            self._slots[item] = _Slot(task, size)
+            self._bytes_ahead += size
+            self._counters.add("prefetch_issued")
+
+    def _drop(self, item: str) -> None:
+        slot = self._slots.pop(item)
+        self._bytes_ahead -= slot.size
+        slot.task.cancel()
+        self._counters.add("prefetch_wasted")
+
+    def clear(self) -> None:
+        """Cancel everything in flight; unconsumed prefetches count as wasted."""
+        self._hints.clear()
+        for item in list(self._slots):
+            self._drop(item)
+
+
+def _retrieve(task: asyncio.Task[bytes]) -> None:
+    """Mark a failed prefetch's exception as seen: the consumer reads on demand instead."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,182 @@
+"""The engine against a real SeaweedFS: hints, prefetch precision, cache reuse, future-aware
+eviction, readahead, aggregation, single-flight. Counters, not timings."""
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+SIZES = [random.Random(i).randrange(8_000, 40_000) for i in range(240)]
+
+
+@pytest.fixture(scope="module")
+def dataset(cluster):
+    files = {f"/engine/data/{i:04d}.bin": os.urandom(size) for i, size in enumerate(SIZES)}
+    with cluster.client() as client:
+        for path, data in files.items():
+            client.write(path, data)
+    return files
+
+
+def epoch_order(paths, epoch):
+    order = list(paths)
+    random.Random(1000 + epoch).shuffle(order)
+    return order
+
+
+def run_epochs(client, files, epochs, hints=True):
+    paths = sorted(files)
+    for epoch in range(epochs):
+        order = epoch_order(paths, epoch)
+        if hints:
+            client.set_hints(order, epoch_order(paths, epoch + 1))
+        for path in order:
+            assert client.read(path) == files[path]
+
+
+def test_hinted_reads_prefetch_precisely(cluster, dataset):
+    with cluster.client(prefetch_items=16) as client:
+        run_epochs(client, dataset, 1)
+        stats = client.stats()
+    assert stats["prefetch_issued"] >= 0.9 * len(dataset)
+    assert stats["prefetch_used"] / stats["prefetch_issued"] >= 0.99
+    assert stats["bytes_fetched"] == sum(SIZES)  # each file fetched exactly once
+
+
+def test_second_pass_with_a_cache_that_holds_the_data_fetches_almost_nothing(cluster, dataset):
+    with cluster.client() as client:
+        run_epochs(client, dataset, 1)
+        first = client.stats()["bytes_fetched"]
+        run_epochs(client, dataset, 1)
+        second = client.stats()["bytes_fetched"] - first
+        stats = client.stats()
+    assert second <= 0.01 * first
+    assert stats["cache_hits_memory"] >= len(dataset)
+
+
+def test_future_eviction_fetches_less_than_lru_with_half_the_data_cached(cluster, dataset):
+    fetched = {}
+    for policy in ("lru", "future"):
+        with cluster.client(eviction=policy, memory_cache_bytes=sum(SIZES) // 2) as client:
+            run_epochs(client, dataset, 3)
+            fetched[policy] = client.stats()["bytes_fetched"]
+            assert client._async().items.cache.memory.used_bytes <= sum(SIZES) // 2
+    assert fetched["future"] <= 0.8 * fetched["lru"], fetched
+
+
+def test_sequential_traversal_without_hints_is_detected(cluster, dataset):
+    paths = sorted(dataset)
+    with cluster.client(memory_cache_bytes=0) as client:
+        client.expect_order(paths)
+        for path in paths:
+            assert client.read(path) == dataset[path]
+        stats = client.stats()
+    assert stats["prefetch_issued"] >= len(paths) - 10
+    assert stats["prefetch_used"] >= 0.95 * stats["prefetch_issued"]
+    assert stats.get("pattern_sequential", 0) >= 1
+
+
+def test_random_traversal_without_hints_prefetches_nothing_much(cluster, dataset):
+    paths = sorted(dataset)
+    with cluster.client(memory_cache_bytes=0) as client:
+        client.expect_order(paths)
+        for path in epoch_order(paths, 7):
+            assert client.read(path) == dataset[path]
+        stats = client.stats()
+    assert stats["prefetch_issued"] <= 0.05 * len(paths)
+    assert stats["bytes_fetched"] <= 1.05 * sum(SIZES)
+
+
+def test_sequential_file_reads_get_readahead(cluster):
+    data = os.urandom(12 * 1024 * 1024 + 5)
+    with cluster.client(memory_cache_bytes=0) as client:
+        client.write("/engine/seq.bin", data)
+        with client.open("/engine/seq.bin") as f:
+            pieces = []
+            while piece := f.read(256 * 1024):
+                pieces.append(piece)
+        assert b"".join(pieces) == data
+        stats = client.stats()
+    assert stats.get("readahead_bytes", 0) >= len(data) // 2
+    assert stats.get("readahead_wasted_bytes", 0) <= 0.05 * stats["bytes_fetched"]
+
+
+def test_random_file_reads_waste_at_most_five_percent(cluster):
+    data = os.urandom(16 * 1024 * 1024)
+    rng = random.Random(5)
+    with cluster.client(memory_cache_bytes=0) as client:
+        client.write("/engine/random.bin", data)
+        before = client.stats()["bytes_fetched"]
+        with client.open("/engine/random.bin") as f:
+            for _ in range(200):
+                offset = rng.randrange(len(data) - 5000)
+                f.seek(offset)
+                assert f.read(4000) == data[offset:offset + 4000]
+        stats = client.stats()
+    fetched = stats["bytes_fetched"] - before
+    assert stats.get("readahead_wasted_bytes", 0) <= 0.05 * fetched
+
+
+def test_read_ranges_coalesces_near_ranges(cluster):
+    data = os.urandom(900_000)
+    ranges = [(i * 150, 100) for i in range(200)] + [(800_000, 10), (0, 0), (899_990, 50)]
+    with cluster.client(memory_cache_bytes=0) as client:
+        client.write("/engine/ranges.bin", data)
+        before = client.stats()["volume_requests"]
+        got = client.read_ranges("/engine/ranges.bin", ranges)
+        requests = client.stats()["volume_requests"] - before
+    assert got == [data[o:o + n] for o, n in ranges]
+    assert requests == 3  # [0, 30 KB), [800 KB, +10), the tail
+
+
+def test_threads_reading_one_file_share_one_fetch(cluster):
+    data = os.urandom(6 * 1024 * 1024)
+    with cluster.client() as client:
+        client.write("/engine/shared.bin", data)
+        chunks = len(client.stat("/engine/shared.bin").chunks)
+        before = client.stats()["volume_requests"]
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(client.read("/engine/shared.bin")))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [data] * 6
+        assert client.stats()["volume_requests"] - before == chunks
+
+
+def test_peak_memory_stays_within_the_budgets(cluster):
+    memory, prefetch = 16 * 1024 * 1024, 8 * 1024 * 1024
+    paths = [f"/engine/rss/{i:03d}.bin" for i in range(100)]  # 50 MB: twice the budgets
+    with cluster.client() as client:
+        for path in paths:
+            client.write(path, os.urandom(500_000))
+    script = textwrap.dedent(f"""
+        import random, seaweed_data as sd
+        paths = {paths!r}
+        def rss():
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+        config = sd.Config(master={cluster.master_url!r}, memory_cache_bytes={memory},
+                           prefetch_bytes={prefetch})
+        with sd.Client({cluster.filer_url!r}, config) as client:
+            client.read(paths[0])
+            base, peak = rss(), 0
+            for epoch in range(3):
+                order = list(paths)
+                random.Random(epoch).shuffle(order)
+                client.set_hints(order)
+                for path in order:
+                    client.read(path)
+                    peak = max(peak, rss())
+        print(peak - base)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    growth = int(out.split()[-1])
+    assert growth <= 1.2 * (memory + prefetch), growth

@@ -1,0 +1,244 @@
+"""Unit and property tests of the engine's scheduling parts: limiter, prefetcher, patterns,
+range coalescing. (The storage path is exercised against real servers elsewhere.)"""
+
+import asyncio
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seaweed_data.core.aggregate import coalesce, split
+from seaweed_data.core.limiter import PriorityLimiter, is_prefetch, prefetching
+from seaweed_data.core.metrics import Counters
+from seaweed_data.core.patterns import OrderDetector, Pattern, ReadPattern
+from seaweed_data.core.prefetch import Prefetcher
+
+
+def test_priority_limiter_serves_demand_before_prefetch():
+    async def go() -> list[str]:
+        limiter = PriorityLimiter(1)
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def holder() -> None:
+            async with limiter.slot():
+                await gate.wait()
+
+        async def user(name: str, prefetch: bool) -> None:
+            if prefetch:
+                with prefetching():
+                    assert is_prefetch()
+                    async with limiter.slot():
+                        order.append(name)
+            else:
+                assert not is_prefetch()
+                async with limiter.slot():
+                    order.append(name)
+
+        first = asyncio.ensure_future(holder())
+        await asyncio.sleep(0)
+        tasks = [asyncio.ensure_future(user("p1", True)), asyncio.ensure_future(user("p2", True))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(user("d1", False)))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, *tasks)
+        return order
+
+    assert asyncio.run(go()) == ["d1", "p1", "p2"]
+
+
+def test_priority_limiter_cancelled_waiter_frees_nothing_twice():
+    async def go() -> int:
+        limiter = PriorityLimiter(1)
+        async with limiter.slot():
+            waiter = asyncio.ensure_future(limiter._acquire(0))
+            await asyncio.sleep(0)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        async with limiter.slot():
+            pass
+        return limiter._free
+
+    assert asyncio.run(go()) == 1
+
+
+class FakeStore:
+    """Items whose bytes are their names, fetched after a delay; counts fetches."""
+
+    def __init__(self, delay: float = 0.001) -> None:
+        self.delay, self.fetched, self.active, self.peak = delay, [], 0, 0
+
+    async def fetch(self, item: str) -> bytes:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+            self.fetched.append(item)
+            return item.encode() * 10
+        finally:
+            self.active -= 1
+
+
+def make_prefetcher(store, counters, depth=4, budget=10_000, needed=lambda i: True):
+    return Prefetcher(store.fetch, needed, lambda i: 10 * len(i), counters, depth=depth,
+                      budget_bytes=budget, timeout=5)
+
+
+def test_prefetcher_follows_hints_exactly():
+    async def go() -> Counters:
+        store, counters = FakeStore(), Counters()
+        prefetcher = make_prefetcher(store, counters)
+        items = [f"item{i:03d}" for i in range(50)]
+        prefetcher.set_hints(items)
+        for item in items:
+            data = await prefetcher.take(item)
+            assert data == item.encode() * 10
+            assert len(prefetcher._slots) <= 4
+        assert sorted(store.fetched) == items
+        return counters
+
+    counters = asyncio.run(go())
+    assert counters.get("prefetch_issued") == 50
+    assert counters.get("prefetch_used") == 50
+    assert counters.get("prefetch_wasted") == 0
+
+
+def test_prefetcher_budget_bounds_bytes_ahead():
+    async def go() -> None:
+        store, counters = FakeStore(), Counters()
+        prefetcher = make_prefetcher(store, counters, depth=100, budget=200)  # 2.5 items
+        prefetcher.set_hints([f"item{i:03d}" for i in range(20)])
+        assert prefetcher.bytes_ahead <= 200 and len(prefetcher._slots) == 2
+        for i in range(20):
+            assert prefetcher.bytes_ahead <= 200
+            await prefetcher.take(f"item{i:03d}")
+
+    asyncio.run(go())
+
+
+def test_replacing_hints_cancels_stale_prefetches_and_counts_waste():
+    async def go() -> Counters:
+        store, counters = FakeStore(delay=0.05), Counters()
+        prefetcher = make_prefetcher(store, counters, depth=4)
+        prefetcher.set_hints(["a", "b", "c", "d"])
+        await asyncio.sleep(0)
+        prefetcher.set_hints(["x", "y", "a"])
+        assert set(prefetcher._slots) == {"x", "y", "a"}
+        await asyncio.sleep(0.1)
+        assert "b" not in store.fetched  # cancelled before it finished
+        for item in ("x", "y", "a"):
+            assert await prefetcher.take(item) is not None
+        return counters
+
+    counters = asyncio.run(go())
+    assert counters.get("prefetch_wasted") == 3 and counters.get("prefetch_used") == 3
+
+
+def test_unannounced_and_skipped_reads():
+    async def go() -> Counters:
+        store, counters = FakeStore(), Counters()
+        prefetcher = make_prefetcher(store, counters, depth=3)
+        prefetcher.set_hints(["a", "b", "c", "d", "e"])
+        assert await prefetcher.take("zzz") is None  # not announced: the consumer reads it
+        await asyncio.sleep(0.01)
+        assert await prefetcher.take("c") is not None  # a and b were skipped
+        assert prefetcher.hints == ["d", "e"]
+        return counters
+
+    counters = asyncio.run(go())
+    assert counters.get("prefetch_wasted") == 2
+
+
+def test_late_consumer_waits_for_the_same_fetch():
+    async def go() -> tuple[Counters, FakeStore]:
+        store, counters = FakeStore(delay=0.05), Counters()
+        prefetcher = make_prefetcher(store, counters, depth=2)
+        prefetcher.set_hints(["a", "b"])
+        assert await prefetcher.take("a") == b"a" * 10
+        return counters, store
+
+    counters, store = asyncio.run(go())
+    assert counters.get("prefetch_late") == 1 and store.fetched.count("a") == 1
+
+
+def test_failed_prefetch_is_left_to_the_consumer():
+    async def go() -> Counters:
+        counters = Counters()
+
+        async def broken(item: str) -> bytes:
+            raise OSError("network down")
+
+        prefetcher = Prefetcher(broken, lambda i: True, lambda i: 1, counters, depth=2,
+                                budget_bytes=100, timeout=1)
+        prefetcher.set_hints(["a"])
+        assert await prefetcher.take("a") is None
+        return counters
+
+    assert asyncio.run(go()).get("prefetch_wasted") == 1
+
+
+def test_cached_items_are_not_prefetched():
+    async def go() -> FakeStore:
+        store = FakeStore()
+        prefetcher = make_prefetcher(store, Counters(), needed=lambda i: i != "b")
+        prefetcher.set_hints(["a", "b", "c"])
+        for item in ("a", "b", "c"):
+            await prefetcher.take(item)
+        return store
+
+    assert asyncio.run(go()).fetched == ["a", "c"]
+
+
+def test_order_detector_sequential_restart_and_random():
+    order = [f"f{i}" for i in range(10)]
+    detector = OrderDetector(order)
+    assert detector.observe("f0", 3) == []
+    assert detector.observe("f1", 3) == []
+    assert detector.observe("f2", 3) == []
+    assert detector.observe("f3", 3) == ["f4", "f5", "f6"]
+    for i in range(4, 10):
+        detector.observe(f"f{i}", 3)
+    assert detector.observe("f0", 3) == ["f1", "f2", "f3"]  # epoch restart stays sequential
+    assert detector.observe("f8", 3) == [] and detector.observe("unknown", 3) == []
+    assert detector.observe("f9", 2) == []
+
+
+def test_random_orders_trigger_almost_no_prefetching():
+    order = [f"f{i}" for i in range(2000)]
+    detector = OrderDetector(order)
+    rng = random.Random(1)
+    hinted = 0
+    for _ in range(3):
+        for item in rng.sample(order, len(order)):
+            hinted += len(detector.observe(item, 8))
+    assert hinted <= 0.05 * 3 * len(order)
+
+
+def test_read_pattern_windows():
+    pattern = ReadPattern(min_window=100, max_window=800)
+    assert pattern.observe(0, 10) is Pattern.UNKNOWN
+    assert pattern.observe(10, 10) is Pattern.SEQUENTIAL and pattern.window == 100
+    pattern.observe(20, 10)
+    pattern.observe(30, 10)
+    pattern.observe(40, 10)
+    assert pattern.window == 800  # doubled up to the cap
+    pattern.wasted()
+    assert pattern.window == 400
+    assert pattern.observe(1000, 10) is Pattern.RANDOM and pattern.window == 0
+    assert pattern.observe(2000, 10) is Pattern.RANDOM
+    assert pattern.observe(3000, 10) is Pattern.STRIDED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 200)), max_size=30),
+       st.integers(0, 100))
+def test_coalesce_serves_every_range_exactly(raw, gap):
+    data = bytes(random.Random(0).randbytes(1300))
+    ranges = [(start, start + length) for start, length in raw]
+    spans = coalesce(ranges, gap)
+    for left, right in zip(spans, spans[1:], strict=False):
+        assert right.start - left.stop > gap  # merged whenever close enough
+    payloads = [data[s.start:s.stop] for s in spans]
+    assert split(spans, payloads, ranges) == [data[a:b] for a, b in ranges]
+    assert sum(len(s.members) for s in spans) == sum(1 for a, b in ranges if b > a)
