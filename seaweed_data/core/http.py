@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,7 @@ class Http:
         self.counters.add(f"{kind}_requests")
         if timeout is not None:
             kwargs["timeout"] = timeout
+        started = time.perf_counter()
         try:
             async with self.session().request(method, URL(url, encoded=True), headers=headers,
                                               **kwargs) as resp:
@@ -164,6 +166,7 @@ class Http:
                     parts = [part async for part, _ in resp.content.iter_chunks()]
                 else:
                     parts = [await resp.read()]
+                self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
                 return Response(resp.status, resp.headers, parts)
         except asyncio.TimeoutError as exc:
             raise RequestTimeoutError(
