@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -136,11 +137,40 @@ def test_names_stay_inside_the_directory(tmp_path: Path, name: str) -> None:
     assert sorted(p.name for p in root.iterdir()) == sorted(["ledger", "tmp", digest[:2]])
 
 
+def test_partial_writes_are_completed(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_writev = os.writev
+
+    def dribble(fd: int, buffers: list[memoryview]) -> int:  # at most 1000 bytes per call
+        return real_writev(fd, [bytes(buffers[0][:1000])])
+
+    tier = DiskTier(root, 1 << 20)
+    monkeypatch.setattr(disk.os, "writev", dribble)
+    data = payload_for("k", 5555)
+    assert tier.put("k", data)
+    monkeypatch.undo()
+    assert tier.get("k") == data
+
+
+def test_short_reads_are_completed_and_eof_is_truncation() -> None:
+    r, w = os.pipe()
+    try:
+        os.write(w, b"ab")
+        threading.Timer(0.05, os.write, (w, b"cd")).start()
+        assert disk._read_exact(r, 4) == b"abcd"
+        os.write(w, b"xy")
+        os.close(w)
+        with pytest.raises(EntryFormatError, match="truncated"):
+            disk._read_exact(r, 3)
+    finally:
+        os.close(r)
+
+
 # -- permissions ----------------------------------------------------------------------------
 
 
-def test_private_modes_whatever_the_umask(root: Path) -> None:
-    old = os.umask(0)
+@pytest.mark.parametrize("umask", [0o000, 0o277])
+def test_private_modes_whatever_the_umask(root: Path, umask: int) -> None:
+    old = os.umask(umask)
     try:
         tier = DiskTier(root / "nested", 1 << 20)
         assert tier.put("k", b"secret")
@@ -330,6 +360,32 @@ def test_budget_holds_with_two_processes_writing(root: Path) -> None:
     assert len(entry_files(root)) > 30 and not list((root / "tmp").iterdir())
 
 
+def test_bytes_reserved_by_writes_in_flight_are_not_given_away(root: Path) -> None:
+    tier = DiskTier(root, 10 * KB)
+    assert tier.put("old", bytes(3 * KB))
+    other = DiskTier(root, 10 * KB)._ledger.reserve(8 * KB)  # another writer, mid-write
+    assert other is not None and other.evicted == 1
+    assert not tier.put("new", bytes(3 * KB))  # nothing evictable is left
+    assert tier.stats()["rejected"] == 1
+    os.close(other.fd)
+    assert tier.used_bytes() == 8 * KB and dir_total(root) == 0
+
+
+def test_a_write_whose_temp_file_was_swept_is_dropped(root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    tier = DiskTier(root, 1 << 20)
+    real_write_all = disk._write_all
+
+    def write_after_a_sweep(fd: int, parts: list[bytes | memoryview]) -> None:
+        for temp in (root / "tmp").iterdir():  # as another process does when it looks stale
+            temp.unlink()
+        real_write_all(fd, parts)
+
+    monkeypatch.setattr(disk, "_write_all", write_after_a_sweep)
+    assert not tier.put("k", b"data")
+    assert tier.get("k") is None and tier.stats()["errors"] == 1 and tier.enabled
+
+
 # -- several processes on the same keys -----------------------------------------------------
 
 
@@ -350,7 +406,7 @@ def _reader(root: str, keys: list[str], go: object, rounds: int) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_two_processes_reading_the_same_keys_leave_one_entry(root: Path, method: str) -> None:
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     keys = [f"key-{i}" for i in range(40)]
     go = ctx.Event()
     procs = [ctx.Process(target=_reader, args=(str(root), keys, go, 5)) for _ in range(2)]
@@ -375,7 +431,7 @@ def _stuck_writer(root: str, halfway: object) -> None:
         halfway.set()  # type: ignore[attr-defined]
         time.sleep(60)
 
-    disk._write_all = write_half_then_hang  # type: ignore[assignment]
+    disk._write_all = write_half_then_hang
     DiskTier(root, 1 << 20).put("victim", payload_for("victim", 16 * KB))
 
 
@@ -470,7 +526,7 @@ def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
@@ -483,6 +539,7 @@ def test_real_full_disk_and_read_only_filesystem(tmp_path: Path,
         assert 1 <= len(stored) < 4 and not tier.enabled
         assert all(tier.get(str(i)) == payload_for(str(i), 64 * KB) for i in stored)
         assert len(caplog.records) == 1 and "No space left" in caplog.text
+        tier.close()  # (a file open for writing would keep the remount busy)
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         caplog.clear()
         readonly = DiskTier(mnt / "cache", 10 << 20)

@@ -140,8 +140,10 @@ def test_threads_reading_one_file_share_one_fetch(cluster):
         chunks = len(client.stat("/engine/shared.bin").chunks)
         before = client.stats()["volume_requests"]
         results = []
-        threads = [threading.Thread(target=lambda: results.append(client.read("/engine/shared.bin")))
-                   for _ in range(6)]
+        def read() -> None:
+            results.append(client.read("/engine/shared.bin"))
+
+        threads = [threading.Thread(target=read) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:

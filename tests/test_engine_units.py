@@ -2,6 +2,7 @@
 range coalescing. (The storage path is exercised against real servers elsewhere.)"""
 
 import asyncio
+import itertools
 import random
 
 from hypothesis import given, settings
@@ -237,7 +238,7 @@ def test_coalesce_serves_every_range_exactly(raw, gap):
     data = bytes(random.Random(0).randbytes(1300))
     ranges = [(start, start + length) for start, length in raw]
     spans = coalesce(ranges, gap)
-    for left, right in zip(spans, spans[1:], strict=False):
+    for left, right in itertools.pairwise(spans):
         assert right.start - left.stop > gap  # merged whenever close enough
     payloads = [data[s.start:s.stop] for s in spans]
     assert split(spans, payloads, ranges) == [data[a:b] for a, b in ranges]

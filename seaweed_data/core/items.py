@@ -103,6 +103,7 @@ class ItemReads:
         self._follow_order(path)
         data = await self.prefetcher.receive(slot)
         if data is not None:
+            self._counters.add("cache_misses")  # it took the network, if ahead of time
             return data
         key = whole_file_key(entry)
         if self._cacheable(entry):

@@ -102,7 +102,7 @@ class DiskTier:
         self._clock = clock
         self._ledger = Ledger(self._layout, capacity_bytes, evict_fraction=evict_fraction,
                               stale_tmp_seconds=stale_tmp_seconds)
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
         self._pid = os.getpid()
         self._ready = False
         self._writable = True
@@ -243,8 +243,10 @@ class DiskTier:
         return self._ready
 
     def _prepare(self) -> None:
+        """Create and check the directory; a refused one turns the tier off, an unwritable one
+        (read-only filesystem, full disk) leaves it reading what is there."""
         try:
-            refusal, warning = self._layout.prepare()
+            refusal, warning = self._layout.check()
         except OSError as exc:
             refusal, warning = f"cannot create {self._layout.root}: {exc}", None
         if refusal is not None:
@@ -253,12 +255,16 @@ class DiskTier:
             return
         if warning is not None:
             logger.warning("disk cache: %s", warning)
+        try:
+            self._layout.create_tree()
+        except OSError as exc:
+            self._fail("preparing the directory", exc)
         self._ready = True
 
     def _after_fork(self) -> None:
         """Forget everything tied to the parent process (locks, ledger fd, counters)."""
         self._pid = os.getpid()
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
         self._ledger.after_fork()
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
 
@@ -271,7 +277,7 @@ class DiskTier:
             verify_payload(header, payload)
         except EntryFormatError as exc:
             logger.warning("disk cache: deleting damaged entry %s: %s", path, exc)
-            self._drop(path, st.st_ino, "corrupt")
+            self._drop(path, st.st_ino, "corrupt", recount=True)
             return None
         except OSError as exc:
             self._count("errors")
@@ -285,10 +291,10 @@ class DiskTier:
                 os.utime(fd)
         return payload
 
-    def _drop(self, path: str, inode: int, counter: str) -> None:
+    def _drop(self, path: str, inode: int, counter: str, *, recount: bool = False) -> None:
         self._count(counter)
         try:
-            self._ledger.discard(path, inode)
+            self._ledger.discard(path, inode, recount=recount)
         except OSError as exc:
             self._count("errors")
             logger.debug("disk cache: cannot delete %s: %s", path, exc)

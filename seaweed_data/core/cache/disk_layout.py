@@ -92,8 +92,9 @@ class DiskLayout:
         digest = entry_digest(name)
         return f"{self.root}/{digest[:2]}/{digest}"
 
-    def prepare(self) -> tuple[str | None, str | None]:
-        """Create the directory tree; returns ``(refusal, warning)``, each ``None`` when fine.
+    def check(self) -> tuple[str | None, str | None]:
+        """Create the directory if needed and check who may use it; returns
+        ``(refusal, warning)``, each ``None`` when fine.
 
         A directory owned by someone else or writable by group/others is refused (another
         user could plant entries); one merely readable by others gets a warning.
@@ -108,12 +109,15 @@ class DiskLayout:
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o022:
             return f"{self.root} is writable by group or others (mode {mode:o})", None
-        make_private_dir(self.tmp)
-        os.close(open_private_file(self.ledger, os.O_RDWR))
         if mode & 0o077:
             return None, f"{self.root} is readable by group or others (mode {mode:o}); " \
                          f"chmod 700 it to keep cached data private"
         return None, None
+
+    def create_tree(self) -> None:
+        """Create ``tmp/`` and the ledger file (private) inside a checked root."""
+        make_private_dir(self.tmp)
+        os.close(open_private_file(self.ledger, os.O_RDWR))
 
     def new_temp(self, reserved: int) -> str:
         """A fresh temp path for a write that reserved ``reserved`` bytes."""

@@ -65,6 +65,11 @@ class Ledger:
         self._fd = None
         self._swept = False
 
+    def __del__(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
     def close(self) -> None:
         """Close the ledger file (reopened on the next use)."""
         with self._thread_lock:
@@ -123,8 +128,12 @@ class Ledger:
                 return  # swept as abandoned: its bytes were already given back
             _adjust(fd, -reservation.size)
 
-    def discard(self, path: str, inode: int | None = None) -> bool:
-        """Delete the entry at ``path`` (only if it is still ``inode``, when given)."""
+    def discard(self, path: str, inode: int | None = None, *, recount: bool = False) -> bool:
+        """Delete the entry at ``path`` (only if it is still ``inode``, when given).
+
+        ``recount`` (for a damaged entry, whose size may not be the one on record) marks the
+        ledger for a recount by the next reservation instead of subtracting.
+        """
         with self._locked() as fd:
             try:
                 st = os.stat(path, follow_symlinks=False)
@@ -133,7 +142,10 @@ class Ledger:
                 os.unlink(path)
             except FileNotFoundError:
                 return False
-            _adjust(fd, -st.st_size)
+            if recount:
+                os.pwrite(fd, bytes(_LEDGER.size), 0)
+            else:
+                _adjust(fd, -st.st_size)
             return True
 
     @contextlib.contextmanager
