@@ -102,6 +102,7 @@ def test_sequential_file_reads_get_readahead(cluster):
         assert b"".join(pieces) == data
         stats = client.stats()
     assert stats.get("readahead_bytes", 0) >= len(data) // 2
+    assert stats["pattern_sequential"] == 1 and stats["pattern_random"] == 0
     assert stats.get("readahead_wasted_bytes", 0) <= 0.05 * stats["bytes_fetched"]
 
 
@@ -119,6 +120,7 @@ def test_random_file_reads_waste_at_most_five_percent(cluster):
         stats = client.stats()
     fetched = stats["bytes_fetched"] - before
     assert stats.get("readahead_wasted_bytes", 0) <= 0.05 * fetched
+    assert stats["pattern_random"] >= 1
 
 
 def test_read_ranges_coalesces_near_ranges(cluster):

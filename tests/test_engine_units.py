@@ -243,3 +243,30 @@ def test_coalesce_serves_every_range_exactly(raw, gap):
     payloads = [data[s.start:s.stop] for s in spans]
     assert split(spans, payloads, ranges) == [data[a:b] for a, b in ranges]
     assert sum(len(s.members) for s in spans) == sum(1 for a, b in ranges if b > a)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h"]), min_size=1,
+                max_size=40),
+       st.lists(st.tuples(st.booleans(), st.integers(0, 39)), max_size=40),
+       st.integers(1, 6), st.integers(10, 200))
+def test_prefetcher_never_exceeds_its_budgets(hints, reads, depth, budget):
+    """Random hint replacements and reads: items and bytes ahead stay within the limits."""
+    async def go() -> None:
+        store, counters = FakeStore(delay=0), Counters()
+        prefetcher = Prefetcher(store.fetch, lambda i: True, lambda i: 10, counters,
+                                depth=depth, budget_bytes=budget, timeout=5)
+        prefetcher.set_hints(hints)
+        for replace, index in reads:
+            if replace:
+                prefetcher.set_hints(hints[index % len(hints):])
+            else:
+                await prefetcher.take(hints[index % len(hints)])
+            assert len(prefetcher._slots) <= depth
+            assert prefetcher.bytes_ahead <= max(budget, 10)
+            await asyncio.sleep(0)
+        prefetcher.clear()
+        issued = counters.get("prefetch_issued")
+        assert counters.get("prefetch_used") + counters.get("prefetch_wasted") == issued
+
+    asyncio.run(go())

@@ -123,11 +123,14 @@ class Prefetcher:
             if self._slots and self._bytes_ahead + size > self.budget_bytes:
                 return
             with prefetching():  # the task inherits the context: its requests yield to demand
-                task = asyncio.ensure_future(asyncio.wait_for(self._fetch(item), self._timeout))
+                task = asyncio.ensure_future(self._run(item))
             task.add_done_callback(_retrieve)
             self._slots[item] = _Slot(task, size)
             self._bytes_ahead += size
             self._counters.add("prefetch_issued")
+
+    async def _run(self, item: str) -> bytes:
+        return await asyncio.wait_for(self._fetch(item), self._timeout)
 
     def _drop(self, item: str) -> None:
         slot = self._slots.pop(item)

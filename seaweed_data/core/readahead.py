@@ -44,7 +44,7 @@ class ReadaheadReader(RawReader):
         position, wanted = self._position, min(len(view), max(0, self.size - self._position))
         if wanted == 0:
             return 0
-        pattern = self._pattern.observe(position, wanted)
+        pattern = self._observe(position, wanted)
         data = self._buffered(position, wanted)
         if data is None:
             data = self._read_range(self.entry, position, wanted)
@@ -53,6 +53,14 @@ class ReadaheadReader(RawReader):
         if pattern is Pattern.SEQUENTIAL:
             self._read_ahead()
         return len(data)
+
+    def _observe(self, position: int, wanted: int) -> Pattern:
+        """Classify this read; count each change of pattern (``pattern_sequential``, ...)."""
+        before = self._pattern.pattern
+        pattern = self._pattern.observe(position, wanted)
+        if pattern is not before and pattern is not Pattern.UNKNOWN:
+            self._counters.add(f"pattern_{pattern.value}")
+        return pattern
 
     def _buffered(self, position: int, wanted: int) -> bytes | None:
         """Bytes at ``position`` from the window already fetched or in flight, if any."""

@@ -271,13 +271,15 @@ class DiskTier:
     def _read_entry(self, fd: int, path: str) -> bytes | None:
         """Read and check an open entry; deletes it when damaged or expired."""
         st = os.fstat(fd)
+        header = None
         try:
             header = decode_header(os.read(fd, HEADER_SIZE), st.st_size)
             payload = _read_exact(fd, header.length)
             verify_payload(header, payload)
         except EntryFormatError as exc:
             logger.warning("disk cache: deleting damaged entry %s: %s", path, exc)
-            self._drop(path, st.st_ino, "corrupt", recount=True)
+            # a file whose size is not the one written is recounted rather than subtracted
+            self._drop(path, st.st_ino, "corrupt", recount=header is None)
             return None
         except OSError as exc:
             self._count("errors")

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import heapq
 import os
 import secrets
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _PRIVATE_DIR = 0o700
@@ -128,9 +130,8 @@ class DiskLayout:
         """Create the fan-out directory of ``entry_path`` (mode 0700)."""
         make_private_dir(os.path.dirname(entry_path))
 
-    def scan_entries(self) -> list[EntryFile]:
+    def iter_entries(self) -> Iterator[EntryFile]:
         """Every entry file with its size and last-use time (one stat per file)."""
-        found: list[EntryFile] = []
         for sub in _scandir(self.root):
             if len(sub.name) != 2 or not _is_hex(sub.name) or not sub.is_dir(
                     follow_symlinks=False):
@@ -138,11 +139,26 @@ class DiskLayout:
             for item in _scandir(sub.path):
                 if not _is_hex(item.name):
                     continue
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     st = item.stat(follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode):
-                        found.append(EntryFile(item.path, st.st_size, st.st_mtime_ns))
-        return found
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield EntryFile(item.path, st.st_size, st.st_mtime_ns)
+
+    def oldest_entries(self, max_bytes: int, max_count: int) -> list[EntryFile]:
+        """The least recently used entries, oldest first, adding up to at least ``max_bytes``
+        (when there are that many) but holding no more than ``max_count`` of them; memory stays
+        bounded by ``max_count`` whatever the size of the directory."""
+        newest_first: list[tuple[int, int, EntryFile]] = []  # a max-heap on last use
+        total = 0
+        for n, entry in enumerate(self.iter_entries()):
+            heapq.heappush(newest_first, (-entry.used_ns, n, entry))
+            total += entry.size
+            while newest_first and (len(newest_first) > max_count
+                                    or total - newest_first[0][2].size >= max_bytes):
+                total -= heapq.heappop(newest_first)[2].size
+        return [entry for _, _, entry in sorted(newest_first, reverse=True)]
 
     def scan_temps(self) -> list[TempFile]:
         """Every temp file whose name parses (others are ignored)."""

@@ -10,15 +10,20 @@ since a flock is shared by the threads of a process):
 - :meth:`Ledger.commit` renames the temp file into place and subtracts the size of the entry it
   replaced; :meth:`Ledger.release` gives back a failed write's reservation.
 
-The directory is only scanned when the budget is exceeded (then it evicts down to
-``capacity * (1 - evict_fraction)``, so scans are amortized over many puts) or when the ledger
-is missing or damaged. A scan recomputes the number exactly; between scans it can only drift
-upward (a process killed between two steps), which costs some capacity until the next scan,
-never the budget.
+Eviction is least recently used first, by the entries' mtime (a hit touches its file, so all
+processes see the same recency). The oldest entries are found by a scan done *outside* the lock
+and kept as a bounded candidate list; under the lock each candidate is checked (still there,
+not touched since) before it is deleted, and ``capacity * evict_fraction`` extra bytes are freed
+each time, so scans are amortized over many puts and never hold up other processes' writes.
+The ledger is recounted under the lock only when it is missing or damaged, when a damaged entry
+of the wrong size was deleted, or as a last resort when nothing else makes room; between
+recounts it can only drift upward (a process killed between two steps), which costs some
+capacity, never the budget.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -27,10 +32,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .disk_layout import DiskLayout, open_private_file, temp_is_abandoned
+from .disk_layout import DiskLayout, EntryFile, open_private_file, temp_is_abandoned
 
 _LEDGER = struct.Struct("<8sq")
 _LEDGER_MAGIC = b"SWDLEDG1"
+_MAX_CANDIDATES = 50_000  # eviction candidates one process remembers between scans
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,7 @@ class Ledger:
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._swept = False
+        self._candidates: collections.deque[EntryFile] = collections.deque()
 
     def after_fork(self) -> None:
         """In a forked child: drop the inherited fd (its flock belongs to the parent)."""
@@ -64,6 +71,7 @@ class Ledger:
                 os.close(self._fd)
         self._fd = None
         self._swept = False
+        self._candidates.clear()
 
     def __del__(self) -> None:
         if self._fd is not None:
@@ -84,21 +92,42 @@ class Ledger:
             return used if used is not None else self._reconcile(fd, 0)[0]
 
     def reserve(self, size: int) -> Reservation | None:
-        """Make room for and reserve ``size`` bytes; ``None`` when it cannot fit."""
-        with self._locked() as fd:
-            used = _read(fd)
-            evicted = 0
-            if used is not None and not self._swept:
-                used = self._sweep_temps(used)
-            if used is None or used + size > self._capacity:
-                used, evicted = self._reconcile(fd, size)
-            self._swept = True
-            if used + size > self._capacity:
-                return None
-            temp = self._layout.new_temp(size)
-            temp_fd = open_private_file(temp, os.O_WRONLY | os.O_EXCL)
-            _write(fd, used + size)
-            return Reservation(temp_fd, temp, size, evicted)
+        """Make room for and reserve ``size`` bytes; ``None`` when it cannot fit.
+
+        Eviction candidates come from a scan done *outside* the lock (so other processes'
+        writes are not held up by it); the locked recount is the last resort.
+        """
+        evicted = 0
+        for last_try in (False, True):
+            with self._locked() as fd:
+                used, freed = self._make_room(fd, size, recount=last_try)
+                evicted += freed
+                if used + size <= self._capacity:
+                    temp = self._layout.new_temp(size)
+                    temp_fd = open_private_file(temp, os.O_WRONLY | os.O_EXCL)
+                    _write(fd, used + size)
+                    return Reservation(temp_fd, temp, size, evicted)
+            if not last_try:
+                self._refill_candidates(size)
+        return None
+
+    def _make_room(self, fd: int, size: int, *, recount: bool) -> tuple[int, int]:
+        """Bring the ledger up to date and evict for ``size`` more bytes if needed; returns
+        ``(bytes used, entries evicted)``."""
+        used = _read(fd)
+        if used is not None and not self._swept:
+            used = self._sweep_temps(used)
+        self._swept = True
+        if used is None:
+            used, evicted = self._reconcile(fd, size)
+            return used, evicted
+        evicted = 0
+        if used + size > self._capacity:
+            used, evicted = self._evict_candidates(fd, used, size)
+        if used + size > self._capacity and recount:
+            used, more = self._reconcile(fd, size)
+            evicted += more
+        return used, evicted
 
     def commit(self, reservation: Reservation, entry_path: str) -> bool:
         """Move a fully written temp file into place (atomically replacing any old entry).
@@ -169,9 +198,35 @@ class Ledger:
                     used -= temp.reserved
         return max(used, 0)
 
+    def _refill_candidates(self, incoming: int) -> None:
+        """Scan for the least recently used entries worth ``2 * slack + incoming`` bytes."""
+        wanted = 2 * self._slack + incoming
+        self._candidates = collections.deque(
+            self._layout.oldest_entries(wanted, _MAX_CANDIDATES))
+
+    def _evict_candidates(self, fd: int, used: int, incoming: int) -> tuple[int, int]:
+        """Delete candidates, oldest first, until ``incoming`` more bytes fit with ``slack`` to
+        spare; a candidate used (touched) or rewritten since the scan is skipped."""
+        target = self._capacity - self._slack - incoming
+        evicted = 0
+        while used > target and self._candidates:
+            candidate = self._candidates.popleft()
+            try:
+                st = os.stat(candidate.path, follow_symlinks=False)
+                if st.st_mtime_ns != candidate.used_ns:
+                    continue
+                os.unlink(candidate.path)
+            except FileNotFoundError:
+                continue  # evicted or discarded by another process
+            used -= st.st_size
+            evicted += 1
+        if evicted:
+            _write(fd, used)
+        return used, evicted
+
     def _reconcile(self, fd: int, incoming: int) -> tuple[int, int]:
-        """Recount the directory; evict least recently used entries until ``incoming`` more
-        bytes fit with ``slack`` to spare. Returns ``(bytes used, entries evicted)``."""
+        """Recount the directory under the lock (a damaged ledger, or one that drifted up);
+        evict if over. Returns ``(bytes used, entries evicted)``."""
         in_flight = 0
         for temp in self._layout.scan_temps():
             if temp_is_abandoned(temp, self._stale):
@@ -179,20 +234,12 @@ class Ledger:
                     os.unlink(temp.path)
             else:
                 in_flight += temp.reserved
-        entries = self._layout.scan_entries()
-        used = in_flight + sum(e.size for e in entries)
-        evicted = 0
-        if used + incoming > self._capacity:
-            target = self._capacity - self._slack - incoming
-            for entry in sorted(entries, key=lambda e: e.used_ns):
-                if used <= target:
-                    break
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    evicted += 1
-                used -= entry.size
+        used = in_flight + sum(e.size for e in self._layout.iter_entries())
         _write(fd, used)
-        return used, evicted
+        if used + incoming <= self._capacity:
+            return used, 0
+        self._refill_candidates(incoming + used - self._capacity)
+        return self._evict_candidates(fd, used, incoming)
 
 
 def _read(fd: int) -> int | None:
