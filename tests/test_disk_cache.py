@@ -30,8 +30,11 @@ from hypothesis import strategies as st
 from seaweed_data.core.cache import disk
 from seaweed_data.core.cache.disk import DiskTier
 from seaweed_data.core.cache.disk_format import (
+    CHECKSUM_ID,
+    CHECKSUMS,
     HEADER_SIZE,
     EntryFormatError,
+    checksum,
     decode_entry,
     encode_entry,
 )
@@ -56,6 +59,18 @@ def dir_total(root: Path) -> int:
     """Bytes of every entry and temp file."""
     temps = [p for p in (root / "tmp").iterdir() if p.is_file()]
     return sum(p.stat().st_size for p in [*entry_files(root), *temps])
+
+
+def open_files() -> set[Path]:
+    """What this process has open (Linux), to check that nothing leaks."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc")
+    found = set()
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            found.add(Path(os.readlink(fd)))
+    return found
 
 
 @contextlib.contextmanager
@@ -94,8 +109,11 @@ def test_roundtrip_remove_contains_and_stats(root: Path) -> None:
     assert (stats["hits"], stats["misses"], stats["writes"]) == (2, 2, 2)
     assert stats["bytes"] == HEADER_SIZE + len(data) == dir_total(root)
     assert stats["bytes_read"] == len(data) + 100
+    assert root / "ledger" in open_files()
     tier.close()
     assert tier.get("a") is None and not tier.put("c", b"x") and not tier.enabled
+    assert root / "ledger" not in open_files()
+    tier.close()
 
 
 def test_overwrite_keeps_one_entry_and_exact_accounting(root: Path) -> None:
@@ -144,7 +162,7 @@ def test_partial_writes_are_completed(root: Path, monkeypatch: pytest.MonkeyPatc
         return real_writev(fd, [bytes(buffers[0][:1000])])
 
     tier = DiskTier(root, 1 << 20)
-    monkeypatch.setattr(disk.os, "writev", dribble)
+    monkeypatch.setattr(os, "writev", dribble)
     data = payload_for("k", 5555)
     assert tier.put("k", data)
     monkeypatch.undo()
@@ -351,6 +369,7 @@ def test_budget_holds_with_two_processes_writing(root: Path) -> None:
     while any(p.is_alive() for p in procs):
         with ledger_locked(root):
             samples.append(dir_total(root))
+        time.sleep(0.002)
     for p in procs:
         p.join()
     assert [p.exitcode for p in procs] == [0, 0]
@@ -563,19 +582,36 @@ def test_directory_removed_under_a_running_tier_is_recreated(root: Path) -> None
 expiries = st.none() | st.floats(min_value=0.0, max_value=4e9, allow_nan=False)
 
 
+algorithms = st.sampled_from(sorted(CHECKSUMS))
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=3000), expiries)
-def test_format_roundtrip(payload: bytes, expires_at: float | None) -> None:
-    raw = encode_entry(payload, expires_at)
+@given(st.binary(max_size=3000), expiries, algorithms)
+def test_format_roundtrip(payload: bytes, expires_at: float | None, algorithm: int) -> None:
+    raw = encode_entry(payload, expires_at, algorithm=algorithm)
     assert len(raw) == HEADER_SIZE + len(payload)
+    assert raw[5] == algorithm
     assert decode_entry(raw) == (payload, expires_at)
 
 
+def test_entries_of_any_known_checksum_are_read_and_unknown_ones_rejected() -> None:
+    assert decode_entry(encode_entry(b"old", algorithm=1)) == (b"old", None)
+    raw = bytearray(encode_entry(b"x"))
+    raw[5] = 200
+    with pytest.raises(EntryFormatError, match="format version"):
+        decode_entry(bytes(raw))
+
+
+def test_crc32c_when_installed() -> None:
+    pytest.importorskip("crc32c")
+    assert CHECKSUM_ID == 2 and checksum(b"123456789", 0, 2) == 0xE3069283
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=500), expiries, st.data())
-def test_format_detects_any_damage(payload: bytes, expires_at: float | None,
+@given(st.binary(max_size=500), expiries, algorithms, st.data())
+def test_format_detects_any_damage(payload: bytes, expires_at: float | None, algorithm: int,
                                    data: st.DataObject) -> None:
-    raw = bytearray(encode_entry(payload, expires_at))
+    raw = bytearray(encode_entry(payload, expires_at, algorithm=algorithm))
     kind = data.draw(st.sampled_from(["flip", "bytes", "truncate", "extend"]))
     if kind == "flip":
         at = data.draw(st.integers(0, len(raw) - 1))

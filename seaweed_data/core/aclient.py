@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -61,8 +61,20 @@ class AsyncClient:
 
     # -- the future: hints and orders ----------------------------------------------------------
 
-    async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = ()) -> None:
-        await self.items.set_hints(paths, next_paths)
+    async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
+                        known: Mapping[str, Entry] | None = None) -> None:
+        await self.items.set_hints(paths, next_paths, known)
+
+    async def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
+        """Whole files of known entries (a dataset's listing), concurrently, in order."""
+        return await gather_bounded([partial(self._read_known, e) for e in entries],
+                                    self.config.concurrency)
+
+    async def _read_known(self, entry: Entry) -> bytes:
+        try:
+            return await self._read(entry, 0, None)
+        except ChunkMissingError:
+            return await self.read(entry.path)
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         await self.items.extend_hints(paths)

@@ -12,7 +12,7 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -106,13 +106,19 @@ class Client:
 
     # -- the future ----------------------------------------------------------------------------
 
-    def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = ()) -> None:
+    def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
+                  known: Mapping[str, Entry] | None = None) -> None:
         """Announce the exact order of the coming whole-file reads (and, when known, of the
         next epoch's). It drives prefetching and the ``"future"`` eviction policy; replacing
         the hints (a new epoch, a resume) cancels prefetches that are no longer ahead."""
         core = self._async()
         self._run(core.set_hints([self.path(p) for p in paths],
-                                 [self.path(p) for p in next_paths]))
+                                 [self.path(p) for p in next_paths], known))
+
+    def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
+        """Whole files of entries you already have (a listing), concurrently, in order."""
+        core = self._async()
+        return self._run(core.read_entries(list(entries)))
 
     def extend_hints(self, paths: Sequence[str]) -> None:
         """Announce reads that come after the announced ones (the next epoch)."""

@@ -17,7 +17,7 @@ request, and it is cancelled only when all of them gave up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import Config
@@ -64,10 +64,16 @@ class ItemReads:
 
     # -- announcing the future -----------------------------------------------------------------
 
-    async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = ()) -> None:
-        """The exact order of the coming reads (and of the next epoch's, when known)."""
-        self._hinted = await self._warm([*paths, *next_paths])
+    async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
+                        known: Mapping[str, Entry] | None = None) -> None:
+        """The exact order of the coming reads (and of the next epoch's, when known).
+
+        ``known`` entries (e.g. from a dataset's listing) spare the metadata requests.
+        """
         everything = [*paths, *next_paths]
+        known = known or {}
+        self._hinted = {p: known[p] for p in everything if p in known}
+        self._hinted.update(await self._warm([p for p in everything if p not in known]))
         self.cache.set_future(everything)
         self.prefetcher.set_hints(everything)
 

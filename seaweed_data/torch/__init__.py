@@ -11,4 +11,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch in
     raise ImportError(
         "seaweed_data.torch needs PyTorch: pip install 'seaweed-data[torch]'") from exc
 
-__all__: list[str] = []
+from .folder import IMG_EXTENSIONS, SeaweedImageFolder, pil_loader
+from .sampler import PrefetchSampler
+
+__all__: list[str] = ["IMG_EXTENSIONS", "PrefetchSampler", "SeaweedImageFolder", "pil_loader"]

@@ -332,7 +332,7 @@ class DiskTier:
         elif isinstance(exc, FileNotFoundError):  # the directory was removed under us
             self._ready = False
             with contextlib.suppress(OSError):
-                self._ledger.close()
+                self._ledger.close(reopen=True)
         else:
             logger.debug("disk cache: error %s: %s", what, exc)
 

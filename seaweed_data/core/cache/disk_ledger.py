@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import os
 import struct
@@ -61,6 +62,7 @@ class Ledger:
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._swept = False
+        self._closed = False
         self._candidates: collections.deque[EntryFile] = collections.deque()
 
     def after_fork(self) -> None:
@@ -78,9 +80,11 @@ class Ledger:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
 
-    def close(self) -> None:
-        """Close the ledger file (reopened on the next use)."""
+    def close(self, *, reopen: bool = False) -> None:
+        """Close the ledger file; with ``reopen`` it is opened again on the next use (after the
+        directory was removed under us), otherwise later uses raise ``OSError(EBADF)``."""
         with self._thread_lock:
+            self._closed = not reopen
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -116,7 +120,7 @@ class Ledger:
         ``(bytes used, entries evicted)``."""
         used = _read(fd)
         if used is not None and not self._swept:
-            used = self._sweep_temps(used)
+            used = self._sweep_temps(fd, used)
         self._swept = True
         if used is None:
             used, evicted = self._reconcile(fd, size)
@@ -180,6 +184,8 @@ class Ledger:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
         with self._thread_lock:
+            if self._closed:
+                raise OSError(errno.EBADF, "the disk cache is closed")
             if self._fd is None:
                 self._fd = open_private_file(self._layout.ledger, os.O_RDWR)
             fd = self._fd
@@ -189,14 +195,17 @@ class Ledger:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _sweep_temps(self, used: int) -> int:
-        """Delete abandoned temp files (a killed writer's), returning their reservations."""
+    def _sweep_temps(self, fd: int, used: int) -> int:
+        """Delete abandoned temp files (a killed writer's), giving back their reservations."""
+        swept = used
         for temp in self._layout.scan_temps():
             if temp_is_abandoned(temp, self._stale):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp.path)
-                    used -= temp.reserved
-        return max(used, 0)
+                    swept -= temp.reserved
+        if swept != used:
+            _write(fd, swept)
+        return max(swept, 0)
 
     def _refill_candidates(self, incoming: int) -> None:
         """Scan for the least recently used entries worth ``2 * slack + incoming`` bytes."""
