@@ -62,8 +62,9 @@ class AsyncClient:
     # -- the future: hints and orders ----------------------------------------------------------
 
     async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
-                        known: Mapping[str, Entry] | None = None) -> None:
-        await self.items.set_hints(paths, next_paths, known)
+                        known: Mapping[str, Entry] | None = None, *,
+                        prefetch_next: bool = True) -> None:
+        await self.items.set_hints(paths, next_paths, known, prefetch_next=prefetch_next)
 
     async def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
         """Whole files of known entries (a dataset's listing), concurrently, in order."""

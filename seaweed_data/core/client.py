@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import io
 import os
+import sys
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -43,10 +44,12 @@ class Client:
     call. Use it as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, filer: str | None = None, config: Config | None = None) -> None:
+    def __init__(self, filer: str | None = None, config: Config | None = None, *,
+                 counters: Counters | None = None) -> None:
         self.filer = normalize_filer(filer) if filer else default_filer()
         self.config = config if config is not None else Config.from_env()
-        self.counters = Counters(parent=PROCESS)
+        # Counts go to this client, to ``counters`` (e.g. a dataset's) and to the process.
+        self.counters = Counters(parent=counters or PROCESS)
         self._core: AsyncClient | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -107,13 +110,15 @@ class Client:
     # -- the future ----------------------------------------------------------------------------
 
     def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
-                  known: Mapping[str, Entry] | None = None) -> None:
+                  known: Mapping[str, Entry] | None = None, *,
+                  prefetch_next: bool = True) -> None:
         """Announce the exact order of the coming whole-file reads (and, when known, of the
         next epoch's). It drives prefetching and the ``"future"`` eviction policy; replacing
         the hints (a new epoch, a resume) cancels prefetches that are no longer ahead."""
         core = self._async()
         self._run(core.set_hints([self.path(p) for p in paths],
-                                 [self.path(p) for p in next_paths], known))
+                                 [self.path(p) for p in next_paths], known,
+                                 prefetch_next=prefetch_next))
 
     def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
         """Whole files of entries you already have (a listing), concurrently, in order."""
@@ -229,6 +234,8 @@ class Client:
         self.close()
 
     def __del__(self) -> None:
+        if sys.is_finalizing():  # the loop thread may be frozen already; the OS closes sockets
+            return
         if not getattr(self, "_closed", True) and getattr(self, "_pid", 0) == os.getpid():
             with contextlib.suppress(Exception):  # interpreter shutdown: nothing to do
                 self.close()

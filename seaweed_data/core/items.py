@@ -65,17 +65,20 @@ class ItemReads:
     # -- announcing the future -----------------------------------------------------------------
 
     async def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
-                        known: Mapping[str, Entry] | None = None) -> None:
+                        known: Mapping[str, Entry] | None = None, *,
+                        prefetch_next: bool = True) -> None:
         """The exact order of the coming reads (and of the next epoch's, when known).
 
         ``known`` entries (e.g. from a dataset's listing) spare the metadata requests.
+        ``prefetch_next=False`` uses the next epoch's order for eviction only (a process
+        that will not live to read it should not fetch it).
         """
         everything = [*paths, *next_paths]
         known = known or {}
         self._hinted = {p: known[p] for p in everything if p in known}
         self._hinted.update(await self._warm([p for p in everything if p not in known]))
         self.cache.set_future(everything)
-        self.prefetcher.set_hints(everything)
+        self.prefetcher.set_hints(everything if prefetch_next else paths)
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         """More reads after the announced ones (e.g. the next epoch, computed ahead)."""

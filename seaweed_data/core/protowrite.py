@@ -11,7 +11,8 @@ generated code; see :mod:`.discovery` for why). Field numbers follow SeaweedFS's
                          int64 modified_ts_ns = 4; string e_tag = 5; FileId fid = 7; ... }
     FileId             { uint32 volume_id = 1; uint64 file_key = 2; fixed32 cookie = 3; }
     FuseAttributes     { uint64 file_size = 1; int64 mtime = 2; uint32 file_mode = 3;
-                         int64 crtime = 6; string mime = 7; ... }
+                         int64 crtime = 6; string mime = 7; int32 mtime_ns = 19;
+                         int32 crtime_ns = 21; ... }
     CreateEntryResponse { string error = 1; ... }
 
 Fields holding their default value (0, "", false) are left out, as proto3 does.
@@ -110,15 +111,19 @@ class FileAttributes:
     """The ``FuseAttributes`` of a new regular file."""
 
     file_size: int
-    mtime: int
-    """Seconds since the epoch; also used as the creation time."""
+    mtime_ns: int
+    """Nanoseconds since the epoch; also used as the creation time."""
     mode: int = 0o660
     mime: str = ""
 
     def encode(self) -> bytes:
+        """Seconds in ``mtime``/``crtime``, the rest in ``mtime_ns``/``crtime_ns`` (older
+        filers skip those fields and keep whole seconds)."""
+        seconds, nanos = divmod(self.mtime_ns, 1_000_000_000)
         return b"".join((
-            int_field(1, self.file_size), int_field(2, self.mtime), int_field(3, self.mode),
-            int_field(6, self.mtime), str_field(7, self.mime),
+            int_field(1, self.file_size), int_field(2, seconds), int_field(3, self.mode),
+            int_field(6, seconds), str_field(7, self.mime), int_field(19, nanos),
+            int_field(21, nanos),
         ))
 
 

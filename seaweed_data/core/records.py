@@ -1,4 +1,4 @@
-"""TFRecord framing, without TensorFlow: read and write files of length-prefixed, checksummed records.
+"""TFRecord framing without TensorFlow: files of length-prefixed, checksummed records.
 
 Each record is::
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from ..errors import CorruptDataError
 
@@ -42,7 +42,7 @@ _CRC = struct.Struct("<I")
 try:
     from crc32c import crc32c as _native_crc32c
 except ImportError:  # pragma: no cover - crc32c is a dependency; the fallback is slow
-    _native_crc32c = None
+    _native_crc32c = None  # type: ignore[assignment]
 
 
 def _crc32c_table() -> list[int]:
@@ -87,7 +87,17 @@ def encode_record(data: bytes) -> bytes:
                      _CRC.pack(masked_crc(data))))
 
 
-def write_records(stream: BinaryIO, records: Iterable[bytes], *,
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class Readable(Protocol):
+    """A binary stream to read from (a file, ``Client.open(path)``, ``io.BytesIO``)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def write_records(stream: _Writable, records: Iterable[bytes], *,
                   compression: str | None = None) -> int:
     """Write ``records`` framed to ``stream`` (compressed if asked); the number written."""
     kind = _compression(compression)
@@ -106,14 +116,10 @@ def write_records(stream: BinaryIO, records: Iterable[bytes], *,
     return count
 
 
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
 SkipBadData = Callable[[CorruptDataError], None]
 
 
-def iter_records(stream: _Readable, *, path: str, compression: str | None = None,
+def iter_records(stream: Readable, *, path: str, compression: str | None = None,
                  check_crc: bool = True,
                  on_bad_data: SkipBadData | None = None) -> Iterator[bytes]:
     """The records of a TFRecord stream, read incrementally; ``path`` names it in errors.
@@ -125,7 +131,7 @@ def iter_records(stream: _Readable, *, path: str, compression: str | None = None
     CRC, truncation, a broken compressed stream) ends the stream with the error.
     """
     kind = _compression(compression)
-    source = _PlainSource(stream) if not kind else _InflatingSource(stream, kind, path)
+    source = _PlainSource(stream) if not kind else _InflatingSource(stream, kind)
     while True:
         try:
             record = _read_record(source, path, check_crc)
@@ -147,9 +153,21 @@ class _BadData(Exception):
         self.error = error
 
 
+class _StreamError(Exception):
+    """The compressed stream itself is broken (internal; reported at the record's offset)."""
+
+
 def _read_record(source: _PlainSource, path: str, check_crc: bool) -> bytes | None:
     """The next record's data; None at a clean end of the stream."""
     offset = source.offset
+    try:
+        return _parse_record(source, path, offset, check_crc)
+    except _StreamError as exc:
+        raise _corrupt(path, offset, str(exc)) from exc.__cause__
+
+
+def _parse_record(source: _PlainSource, path: str, offset: int,
+                  check_crc: bool) -> bytes | None:
     header = source.read_exact(HEADER_BYTES)
     if not header:
         return None
@@ -172,7 +190,7 @@ def _read_record(source: _PlainSource, path: str, check_crc: bool) -> bytes | No
 class _PlainSource:
     """Reads exactly ``n`` bytes (fewer only at the end) and counts the offset."""
 
-    def __init__(self, stream: _Readable) -> None:
+    def __init__(self, stream: Readable) -> None:
         self._stream = stream
         self.offset = 0
 
@@ -196,28 +214,29 @@ class _PlainSource:
 class _InflatingSource(_PlainSource):
     """A decompressed view of a GZIP or ZLIB stream (several gzip members are one stream)."""
 
-    def __init__(self, stream: _Readable, kind: str, path: str) -> None:
+    def __init__(self, stream: Readable, kind: str) -> None:
         super().__init__(stream)
         self._wbits = 16 + zlib.MAX_WBITS if kind == "GZIP" else zlib.MAX_WBITS
         self._kind = kind
-        self._path = path
         self._inflater = zlib.decompressobj(wbits=self._wbits)
         self._pending = b""  # compressed input not yet given to the inflater
         self._started = False  # whether the current member received any input
 
     def _pull(self, n: int) -> bytes:
         while True:
-            if self._inflater.unconsumed_tail:
-                return self._inflate(self._inflater.unconsumed_tail, n)
-            if self._inflater.eof:
+            if self._inflater.eof:  # a member ended: what follows it starts the next one
                 self._pending = self._inflater.unused_data + self._pending
                 if not self._pending and not self._more():
                     return b""
                 self._inflater, self._started = zlib.decompressobj(wbits=self._wbits), False
+            elif self._inflater.unconsumed_tail:  # input held back by the output limit
+                out = self._inflate(self._inflater.unconsumed_tail, n)
+                if out:
+                    return out
+                continue
             if not self._pending and not self._more():
                 if self._started:
-                    raise _corrupt(self._path, self.offset,
-                                   f"truncated {self._kind} stream (it ends mid-member)")
+                    raise _StreamError(f"truncated {self._kind} stream (it ends mid-member)")
                 return b""
             data, self._pending = self._pending, b""
             out = self._inflate(data, n)
@@ -233,8 +252,7 @@ class _InflatingSource(_PlainSource):
         try:
             return self._inflater.decompress(data, n)
         except zlib.error as exc:
-            raise _corrupt(self._path, self.offset,
-                           f"corrupt {self._kind} stream ({exc})") from exc
+            raise _StreamError(f"corrupt {self._kind} stream ({exc})") from exc
 
 
 def _compression(compression: str | None) -> str:
@@ -245,5 +263,5 @@ def _compression(compression: str | None) -> str:
 
 
 def _corrupt(path: str, offset: int, what: str) -> CorruptDataError:
-    return CorruptDataError(f"{path}: {what} in the TFRecord at byte offset {offset}",
+    return CorruptDataError(f"TFRecord {path}: record at byte offset {offset}: {what}",
                             path=path, offset=offset)

@@ -27,6 +27,7 @@ from ..config import Config
 from ..core.client import Client
 from ..core.job_metrics import JobMetrics
 from ..core.location import parse_location
+from ..core.metrics import PROCESS, Counters
 from .announce import Announcement, Channel, Order, worker_share
 from .listing import list_image_folder
 
@@ -68,7 +69,10 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self._channel = Channel()
         self._following = True
         self._predicted: list[list[int]] = []
-        self._jobs = JobMetrics.create()  # workers report their counters here
+        self._epochs_seen = 0
+        self._pending: Announcement | None = None
+        self._counters = Counters(parent=PROCESS)  # this dataset's reads, in this process
+        self._jobs = JobMetrics.create(self._counters)  # workers report theirs here
         check = is_valid_file or _has_image_extension
         self.classes, self.class_to_idx, self.entries, targets = list_image_folder(
             self.client, self.root, check, allow_empty)
@@ -82,10 +86,10 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     def client(self) -> Client:
         """This process's client (created on first use in each process)."""
         if self._client is None or self._client_pid != os.getpid():
-            self._client = Client(self.filer, self.config)
+            self._client = Client(self.filer, self.config, counters=self._counters)
             self._client_pid = os.getpid()
             if torch.utils.data.get_worker_info() is not None:
-                self._jobs.attach()
+                self._jobs.attach(self._counters)
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
@@ -125,13 +129,18 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     def announce(self, order: Order,
                  next_order: Order | None, batched: bool) -> None:
         """Called by :class:`PrefetchSampler` in the main process when an epoch starts."""
-        announcement = self._channel.publish(order, next_order, batched)
-        if torch.utils.data.get_worker_info() is None:
-            self._apply(announcement, batch_size=0)
+        # Workers pick it up from the channel; this process only if it reads itself
+        # (num_workers=0), at its first read.
+        self._pending = self._channel.publish(order, next_order, batched)
 
     def _follow(self, indices: list[int]) -> None:
         info = torch.utils.data.get_worker_info()
-        if info is None or not self._following:
+        if info is None:
+            if self._pending is not None:
+                self._apply(self._pending, batch_size=0)
+                self._pending = None
+            return
+        if not self._following:
             return
         announcement = self._channel.poll()
         if announcement is not None:
@@ -156,7 +165,12 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
                                              announcement.batched, batch_size, worker, workers))
         paths = [self.entries[i].path for i in mine]
         known = {e.path: e for e in (self.entries[i] for i in {*mine, *upcoming})}
-        self.client.set_hints(paths, [self.entries[i].path for i in upcoming], known)
+        # A worker fetches across the epoch boundary only once it has shown it outlives an
+        # epoch (persistent_workers): otherwise it would prefetch for a successor process.
+        self._epochs_seen += 1
+        cross = batch_size == 0 or self._epochs_seen > 1
+        self.client.set_hints(paths, [self.entries[i].path for i in upcoming], known,
+                              prefetch_next=cross)
 
     def _stop_following(self, indices: list[int]) -> None:
         log.warning("DataLoader handed this worker batch %s, not the one predicted from the "

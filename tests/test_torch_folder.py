@@ -1,0 +1,211 @@
+"""SeaweedImageFolder and PrefetchSampler in real DataLoaders against a real SeaweedFS."""
+
+import io
+import os
+import pickle
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
+
+import seaweed_data as sd
+from seaweed_data.torch import PrefetchSampler, SeaweedImageFolder
+from seaweed_data.torch.folder import IMG_EXTENSIONS
+
+LAYOUT = {
+    "cat": ["a.jpg", "b.PNG", "c.jpeg", "notes.txt", "sub/d.jpg", "sub/deeper/e.webp"],
+    "dog": [f"{i:03d}.jpg" for i in range(40)],
+    "emu": ["x.bmp", "y.JPG", ".hidden.jpg"],
+}
+
+
+def image_bytes(seed: int, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (seed % 256, (seed * 7) % 256, 3)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def reference_samples(local_root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """torchvision.datasets.folder.make_dataset's order, on the local copy."""
+    classes = sorted(e.name for e in os.scandir(local_root) if e.is_dir())
+    samples = []
+    for index, name in enumerate(classes):
+        for root, _, files in sorted(os.walk(os.path.join(local_root, name))):
+            for fname in sorted(files):
+                path = os.path.join(root, fname)
+                if path.lower().endswith(IMG_EXTENSIONS):
+                    samples.append((os.path.relpath(path, local_root), index))
+    return classes, samples
+
+
+@pytest.fixture(scope="module")
+def folder(cluster, tmp_path_factory):
+    local = tmp_path_factory.mktemp("folder")
+    payloads = {}
+    with cluster.client() as client:
+        for n, (cls, files) in enumerate(sorted(LAYOUT.items())):
+            for m, name in enumerate(files):
+                ext = name.rsplit(".", 1)[-1].lower()
+                fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP",
+                       "webp": "WEBP"}.get(ext)
+                data = image_bytes(n * 100 + m, fmt) if fmt else b"not an image"
+                client.write(f"/folder/{cls}/{name}", data)
+                (local / cls / name).parent.mkdir(parents=True, exist_ok=True)
+                (local / cls / name).write_bytes(data)
+                payloads[f"/folder/{cls}/{name}"] = data
+    return str(local), payloads
+
+
+def raw(data: bytes) -> bytes:
+    return data
+
+
+def test_same_classes_samples_and_order_as_torchvision(cluster, folder):
+    local, _ = folder
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder")
+    classes, samples = reference_samples(local)
+    assert ds.classes == classes and ds.class_to_idx == {c: i for i, c in enumerate(classes)}
+    assert [(p.removeprefix("/folder/"), t) for p, t in ds.samples] == samples
+    assert ds.targets == [t for _, t in samples] and ds.imgs == ds.samples
+    assert len(ds) == len(samples)
+    image, target = ds[0]
+    assert image.mode == "RGB" and image.size == (8, 6) and target == 0
+    ds.close()
+
+
+def test_transforms_loader_and_is_valid_file(cluster, folder):
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw,
+                            transform=len, target_transform=lambda t: -t,
+                            is_valid_file=lambda p: p.endswith(".txt"), allow_empty=True)
+    assert [p for p, _ in ds.samples] == ["/folder/cat/notes.txt"]
+    assert ds[0] == (len(b"not an image"), 0)
+    ds.close()
+
+
+def test_empty_and_missing_folders_raise(cluster, folder):
+    with pytest.raises(FileNotFoundError, match="emu"):
+        SeaweedImageFolder(f"{cluster.filer_url}/folder", is_valid_file=lambda p: "/emu/" not in p)
+    with pytest.raises(FileNotFoundError):
+        SeaweedImageFolder(f"{cluster.filer_url}/no-such-folder")
+    with pytest.raises(FileNotFoundError, match="class folder"):
+        SeaweedImageFolder(f"{cluster.filer_url}/folder/dog")
+
+
+def test_bad_image_names_the_file(cluster, folder):
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", is_valid_file=lambda p: True)
+    index = [p for p, _ in ds.samples].index("/folder/cat/notes.txt")
+    with pytest.raises(Exception, match=r"notes\.txt"):
+        ds[index]
+    ds.close()
+
+
+def epoch_samples(loader):
+    seen = []
+    for batch in loader:
+        datas, targets = batch
+        seen += list(zip(datas, targets.tolist(), strict=True))
+    return seen
+
+
+def collate_raw(batch):
+    return [d for d, _ in batch], torch.tensor([t for _, t in batch])
+
+
+@pytest.mark.parametrize(("workers", "context", "persistent", "form"), [
+    (0, None, False, "sampler"),
+    (2, "fork", False, "sampler"),
+    (2, "fork", True, "batch_sampler"),
+    (2, "spawn", False, "sampler"),
+])
+def test_every_sample_once_per_epoch_byte_exact(cluster, folder, tmp_path, workers, context,
+                                               persistent, form):
+    _, payloads = folder
+    config = sd.Config(master=cluster.master_url, disk_cache_dir=str(tmp_path / "cache"))
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw, config=config)
+    generator = torch.Generator().manual_seed(3)
+    base = RandomSampler(ds, generator=generator)
+    kwargs = dict(num_workers=workers, collate_fn=collate_raw, persistent_workers=persistent)
+    if context:
+        kwargs["multiprocessing_context"] = context
+    if form == "sampler":
+        sampler = PrefetchSampler(base, ds)
+        loader = DataLoader(ds, batch_size=8, sampler=sampler, **kwargs)
+    else:
+        sampler = PrefetchSampler(BatchSampler(base, 8, drop_last=False), ds)
+        loader = DataLoader(ds, batch_sampler=sampler, **kwargs)
+    expected = Counter((payloads[p], t) for p, t in ds.samples)
+    for _epoch in range(2):
+        assert Counter(epoch_samples(loader)) == expected
+    del loader  # persistent workers report their last counters as they exit
+    stats = ds.stats()
+    assert stats["prefetch_issued"] > 0
+    assert stats["prefetch_used"] / stats["prefetch_issued"] >= 0.99
+    assert stats["bytes_fetched"] <= 1.05 * sum(len(payloads[p]) for p, _ in ds.samples)
+    ds.close()
+
+
+def test_distributed_sampler_set_epoch_and_next_epoch_hints(cluster, folder):
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw)
+    shards = [DistributedSampler(ds, num_replicas=2, rank=r, shuffle=True, seed=5) for r in (0, 1)]
+    wrapped = [PrefetchSampler(s, ds) for s in shards]
+    for epoch in range(2):
+        seen = []
+        for w in wrapped:
+            w.set_epoch(epoch)
+            assert w.sampler.epoch == epoch
+            seen += list(w)
+        assert sorted(seen) == list(range(len(ds)))
+    following = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=5)
+    following.set_epoch(2)
+    assert ds._pending.next_order == list(following)  # the next epoch, computed ahead
+    ds[0]  # the first read in this process applies the announced hints
+    assert ds.client._async().items.prefetcher.hints
+    ds.close()
+
+
+def test_resume_yields_exactly_the_remaining_indices(cluster, folder):
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw)
+    sampler = PrefetchSampler(RandomSampler(ds), ds)  # unseeded: the order lives in the state
+    it = iter(sampler)
+    first = [next(it) for _ in range(10)]
+    state = pickle.loads(pickle.dumps(sampler.state_dict()))
+    rest = list(it)
+    resumed = PrefetchSampler(RandomSampler(ds), ds)
+    resumed.load_state_dict(state)
+    assert list(resumed) == rest
+    assert sorted(first + rest) == list(range(len(ds)))
+    assert len(list(resumed)) == len(ds)  # the epoch after runs whole
+    ds.close()
+
+
+class RecordingFolder(SeaweedImageFolder):
+    def __getitems__(self, indices):
+        info = torch.utils.data.get_worker_info()
+        return [(info.id, i) for i in indices]
+
+
+def test_dataloader_hands_batch_k_to_worker_k_mod_n(cluster, folder):
+    """PrefetchSampler relies on this; the day DataLoader changes it, this fails."""
+    ds = RecordingFolder(f"{cluster.filer_url}/folder", loader=raw)
+    loader = DataLoader(ds, batch_size=4, sampler=SequentialSampler(ds), num_workers=3,
+                        collate_fn=lambda b: b)
+    for k, batch in enumerate(loader):
+        assert {worker for worker, _ in batch} == {k % 3}
+    ds.close()
+
+
+def test_unpredicted_batches_turn_hints_off(cluster, folder, caplog):
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw)
+    sampler = PrefetchSampler(SequentialSampler(ds), ds)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2,
+                        collate_fn=collate_raw, in_order=False)
+    assert len(epoch_samples(loader)) == len(ds)
+    ds.close()
