@@ -25,6 +25,10 @@ from __future__ import annotations
 class SeaweedDataError(Exception):
     """Base class of every error this package raises."""
 
+    def __str__(self) -> str:
+        # One plain message, also for the OSError subclasses (no "[Errno ...]" prefix).
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
 
 class ConfigError(SeaweedDataError, ValueError):
     """An option or a ``SEAWEED_DATA_*`` environment variable has a bad value."""
@@ -42,36 +46,21 @@ class NotFoundError(SeaweedDataError, FileNotFoundError):
         msg = f"No such file or directory: {path!r}"
         super().__init__(msg + (f" ({detail})" if detail else ""))
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class NotDirectoryError(SeaweedDataError, NotADirectoryError):
     """A directory operation was asked of a file."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class IsDirectoryError(SeaweedDataError, IsADirectoryError):
     """A file operation was asked of a directory."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class PermissionDeniedError(SeaweedDataError, PermissionError):
     """The server refused the request (HTTP 401/403): a JWT key is missing or wrong."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class TransportError(SeaweedDataError, OSError):
     """A request failed at the network level after every retry."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class UnreachableError(TransportError):

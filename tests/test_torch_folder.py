@@ -192,6 +192,7 @@ class RecordingFolder(SeaweedImageFolder):
         return [(info.id, i) for i in indices]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
 def test_dataloader_hands_batch_k_to_worker_k_mod_n(cluster, folder):
     """PrefetchSampler relies on this; the day DataLoader changes it, this fails."""
     ds = RecordingFolder(f"{cluster.filer_url}/folder", loader=raw)
