@@ -393,6 +393,8 @@ class LocalCluster:
         ``config_overrides`` are further :class:`seaweed_data.Config` fields."""
         from .. import Client, Config
 
-        config = Config(master=self.master_url, **config_overrides)
+        options = {"master": self.master_url, "filer_grpc_port": self.filer_grpc_port,
+                   **config_overrides}
+        config = Config(**options)
         return Client(self.filer_url, config=config)
 
