@@ -52,6 +52,7 @@ class Prefetcher:
         self._timeout = timeout
         self._hints: deque[str] = deque()
         self._slots: dict[str, _Slot] = {}
+        self._cached: set[str] = set()  # items found cached: not asked again (disk checks)
         self._bytes_ahead = 0
 
     @property
@@ -66,6 +67,7 @@ class Prefetcher:
     def set_hints(self, items: Iterable[str]) -> None:
         """Replace the announced order; prefetches outside the new window are cancelled."""
         self._hints = deque(items)
+        self._cached.clear()
         window = set(islice(self._hints, self.depth))
         for item in [i for i in self._slots if i not in window]:
             self._drop(item)
@@ -117,7 +119,10 @@ class Prefetcher:
 
     def _pump(self) -> None:
         for item in islice(self._hints, self.depth):
-            if item in self._slots or not self._needed(item):
+            if item in self._slots or item in self._cached:
+                continue
+            if not self._needed(item):
+                self._cached.add(item)
                 continue
             size = self._size_of(item)
             if self._slots and self._bytes_ahead + size > self.budget_bytes:

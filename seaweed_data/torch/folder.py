@@ -85,8 +85,9 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     @property
     def client(self) -> Client:
         """This process's client (created on first use in each process)."""
-        if self._client is None or self._client_pid != os.getpid():
+        if self._client is None:
             self._client = Client(self.filer, self.config, counters=self._counters)
+        if self._client_pid != os.getpid():  # new process; a forked client rebuilds itself
             self._client_pid = os.getpid()
             if torch.utils.data.get_worker_info() is not None:
                 self._jobs.attach(self._counters)

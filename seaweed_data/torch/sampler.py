@@ -74,7 +74,9 @@ class PrefetchSampler(torch.utils.data.Sampler[Any]):
         """The next epoch's order, if the sampler is a pure function of (seed, epoch)."""
         if not deterministic(self.sampler):
             return None
-        ahead = copy.deepcopy(self.sampler)
+        # Copy the sampler's state (generator, epoch), not the dataset it points to.
+        shared = {id(obj): obj for obj in _datasets(self.sampler)}
+        ahead = copy.deepcopy(self.sampler, memo=shared)
         if hasattr(ahead, "set_epoch"):
             ahead.set_epoch(self.epoch + 1)
         return [_plain(x) for x in ahead]
@@ -99,6 +101,14 @@ def deterministic(sampler: Any) -> bool:
     if isinstance(sampler, torch.utils.data.SequentialSampler):
         return True
     return getattr(sampler, "generator", None) is not None
+
+
+def _datasets(sampler: Any) -> list[Any]:
+    """Objects a sampler refers to that must be shared, not copied (its data source)."""
+    found = [getattr(sampler, name) for name in ("data_source", "dataset")
+             if getattr(sampler, name, None) is not None]
+    inner = getattr(sampler, "sampler", None)
+    return found + (_datasets(inner) if inner is not None else [])
 
 
 def _plain(item: Any) -> Any:

@@ -10,6 +10,7 @@ never waits for a large file operation.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,6 +33,8 @@ class TieredCache:
     def __init__(self, config: Config, counters: Counters) -> None:
         self.memory = MemoryTier(config.memory_cache_bytes, make_policy(config.eviction))
         self.disk: DiskTier | None = None
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="seaweed_data-disk")
         if config.disk_cache_dir and config.disk_cache_bytes > 0:
             from .disk import DiskTier
 
@@ -64,7 +67,9 @@ class TieredCache:
         self.memory.put(key, data)
         if self.disk is not None:
             disk = self.disk
-            await _offload(key.size, lambda: disk.put(key.digest, data, expires_at=expires_at))
+            # File creation under the ledger lock costs ~0.3 ms: never on the event loop.
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, lambda: disk.put(key.digest, data, expires_at=expires_at))
 
     def on_demand(self, item: str) -> None:
         """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
@@ -77,6 +82,7 @@ class TieredCache:
         self.memory.extend_future(items)
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         self.memory.clear()
         if self.disk is not None:
             self.disk.close()
