@@ -74,8 +74,12 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self._counters = Counters(parent=PROCESS)  # this dataset's reads, in this process
         self._jobs = JobMetrics.create(self._counters)  # workers report theirs here
         check = is_valid_file or _has_image_extension
-        self.classes, self.class_to_idx, self.entries, targets = list_image_folder(
-            self.client, self.root, check, allow_empty)
+        try:
+            self.classes, self.class_to_idx, self.entries, targets = list_image_folder(
+                self.client, self.root, check, allow_empty)
+        except BaseException:
+            self.close()  # no client, thread or metrics directory left behind
+            raise
         self.samples = [(e.path, t) for e, t in zip(self.entries, targets, strict=True)]
         self.targets = targets
         self.imgs = self.samples

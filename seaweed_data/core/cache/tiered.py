@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import multiprocessing.util
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .disk import DiskTier
 
 OFFLOAD_BYTES = 1 << 20
+MAX_PENDING_WRITES = 64
 T = TypeVar("T")
 
 
@@ -35,6 +38,9 @@ class TieredCache:
         self.disk: DiskTier | None = None
         self._writer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="seaweed_data-disk")
+        self._pending: deque[concurrent.futures.Future[bool]] = deque()
+        # Writes still queued when a process ends (a DataLoader worker) are finished first.
+        multiprocessing.util.Finalize(self, self._writer.shutdown, exitpriority=10)
         if config.disk_cache_dir and config.disk_cache_bytes > 0:
             from .disk import DiskTier
 
@@ -65,11 +71,20 @@ class TieredCache:
 
     async def put(self, key: BlockKey, data: bytes, *, expires_at: float | None = None) -> None:
         self.memory.put(key, data)
-        if self.disk is not None:
-            disk = self.disk
-            # File creation under the ledger lock costs ~0.3 ms: never on the event loop.
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, lambda: disk.put(key.digest, data, expires_at=expires_at))
+        if self.disk is None:
+            return
+        # Write behind: creating a cache file under the ledger lock costs ~0.3 ms, which the
+        # reader should not wait for. At most MAX_PENDING_WRITES blocks wait for the disk.
+        self._pending.append(
+            self._writer.submit(self.disk.put, key.digest, data, expires_at=expires_at))
+        while self._pending and (self._pending[0].done()
+                                 or len(self._pending) > MAX_PENDING_WRITES):
+            await asyncio.wrap_future(self._pending.popleft())
+
+    def flush(self) -> None:
+        """Wait until every queued disk write is done."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def on_demand(self, item: str) -> None:
         """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
@@ -83,6 +98,7 @@ class TieredCache:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self._pending.clear()
         self.memory.clear()
         if self.disk is not None:
             self.disk.close()
