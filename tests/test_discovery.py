@@ -487,3 +487,8 @@ def test_master_http_url() -> None:
 def test_default_grpc_port() -> None:
     assert default_grpc_port(8888) == 18888
     assert default_grpc_port(9333) == 19333
+
+
+def test_a_port_past_65535_is_our_error_not_an_overflow():
+    with pytest.raises(UnreachableError, match="70000"):
+        asyncio.run(discover_masters("127.0.0.1", 70000, timeout=1))

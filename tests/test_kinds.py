@@ -127,3 +127,20 @@ def test_default_grpc_port_convention(port_offset):
     from seaweed_data.core.discovery import default_grpc_port
 
     assert default_grpc_port(8888 + port_offset) == 18888
+
+
+def test_discovery_with_an_impossible_default_grpc_port_reads_through_the_filer(cluster):
+    """A filer on port > 55535 has no port + 10000: discovery gives up, reads still work."""
+    from seaweed_data.core.aclient import AsyncClient
+    from seaweed_data.core.metrics import Counters
+
+    async def go() -> list[str]:
+        core = AsyncClient("http://127.0.0.1:60000", sd.Config(), Counters())
+        try:
+            return await core.masters()
+        finally:
+            await core.close()
+
+    import asyncio
+
+    assert asyncio.run(go()) == []

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from lru import LRU
 
 from ..config import Config
-from ..errors import IsDirectoryError, NotFoundError, SeaweedDataError
+from ..errors import IsDirectoryError, NotFoundError, SeaweedDataError, UnreachableError
 from . import listing
 from .aggregate import coalesce, split
 from .chunks import ChunkMap, Piece, clamp_range
@@ -100,6 +100,8 @@ class AsyncClient:
         host = parts.hostname or "127.0.0.1"
         port = self.config.filer_grpc_port or default_grpc_port(parts.port or 80)
         try:
+            if not 0 < port < 65536:  # the +10000 convention cannot hold for this filer
+                raise UnreachableError(f"no gRPC port {port} (set Config.filer_grpc_port)")
             found = await discover_masters(host, port, timeout=self.config.connect_timeout)
         except SeaweedDataError as exc:
             log.warning("no master configured and discovery from the filer's gRPC port %s:%d "

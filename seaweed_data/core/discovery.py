@@ -331,8 +331,9 @@ async def _connect(host: str, port: int, where: str, timeout: float) -> tuple[
         return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except asyncio.TimeoutError as exc:
         raise UnreachableError(f"cannot connect to {where}: timed out after {timeout:g}s") from exc
-    except OSError as exc:
-        raise UnreachableError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+    except (OSError, OverflowError, ValueError) as exc:  # Overflow: a port past 65535
+        raise UnreachableError(
+            f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
 async def _close(writer: asyncio.StreamWriter, timeout: float) -> None:
