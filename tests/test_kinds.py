@@ -108,7 +108,7 @@ def test_master_is_discovered_from_the_filer(cluster):
         client.write("/kinds/disc.bin", b"d" * 100_000)
         assert client.read("/kinds/disc.bin") == b"d" * 100_000
         assert client.stats()["volume_requests"] >= 1  # read from the volume server
-        assert client._async().locations is not None
+        assert client._run(client._async().masters()) == [cluster.master_url]
 
 
 def test_without_a_master_reads_go_through_the_filer(cluster):

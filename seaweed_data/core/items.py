@@ -93,11 +93,6 @@ class ItemReads:
     def is_hinted(self, path: str) -> bool:
         return path in self._hinted
 
-    def clear_hints(self) -> None:
-        self._hinted = {}
-        self.cache.set_future(())
-        self.prefetcher.clear()
-
     # -- reading -------------------------------------------------------------------------------
 
     async def entry(self, path: str) -> Entry:

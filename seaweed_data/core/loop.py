@@ -80,9 +80,6 @@ class LoopThread:
             raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
         return asyncio.run_coroutine_threadsafe(coro, loop)
 
-    def in_loop_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
         ready = threading.Event()

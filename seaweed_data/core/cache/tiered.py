@@ -81,11 +81,6 @@ class TieredCache:
                                  or len(self._pending) > MAX_PENDING_WRITES):
             await asyncio.wrap_future(self._pending.popleft())
 
-    def flush(self) -> None:
-        """Wait until every queued disk write is done."""
-        while self._pending:
-            self._pending.popleft().result()
-
     def on_demand(self, item: str) -> None:
         """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
         self.memory.on_demand(item)
