@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,20 +27,18 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 
-from seaweed_data.core import discovery
+from seaweed_data.core import grpc
 from seaweed_data.core.discovery import (
     FilerConfiguration,
     default_grpc_port,
     discover_masters,
     get_filer_configuration,
-    grpc_frame,
-    grpc_unframe,
     iter_fields,
     master_http_url,
     parse_filer_configuration,
     read_varint,
-    unary_call,
 )
+from seaweed_data.core.grpc import grpc_frame, grpc_unframe, unary_call
 from seaweed_data.errors import (
     RequestTimeoutError,
     ServerError,
@@ -355,7 +354,7 @@ async def _serve_h2(reply: Reply, reader: asyncio.StreamReader,
     (_grpc_ok(b"\x0a\x05ab"), "bad GetFilerConfiguration reply .*: malformed protobuf"),
 ])
 def test_odd_http2_peer(reply: Reply, match: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(discovery, "MAX_REPLY_BYTES", 64)
+    monkeypatch.setattr(grpc, "MAX_REPLY_BYTES", 64)
 
     async def scenario() -> ServerError:
         server = await asyncio.start_server(partial(_serve_h2, reply), "127.0.0.1", 0)
@@ -369,6 +368,30 @@ def test_odd_http2_peer(reply: Reply, match: str, monkeypatch: pytest.MonkeyPatc
 
     error = asyncio.run(scenario())
     assert error.status == (404 if reply is _not_found else None)
+
+
+def test_connection_reset_mid_call_is_a_transport_error() -> None:
+    """A peer that reads part of a large request then resets: our error, not a bare OSError,
+    and not UnreachableError (which promises that nothing was sent)."""
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def scenario() -> TransportError:
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(TransportError) as info:
+                await unary_call("127.0.0.1", port, "/x.Y/Z", b"x" * 4_000_000, timeout=5)
+        finally:
+            server.close()
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert not isinstance(error, UnreachableError)
+    assert "127.0.0.1:" in str(error) and "lost during the gRPC call" in str(error)
 
 
 # --------------------------------------------------------------------------- wire format
