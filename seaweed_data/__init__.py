@@ -25,12 +25,14 @@ from .errors import (
     RequestTimeoutError,
     SeaweedDataError,
     ServerError,
+    TLSError,
     TransportError,
     UnreachableError,
 )
 
 if TYPE_CHECKING:
     from .core.cluster import LocalCluster
+    from .core.cluster_security import ClusterSecurity
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,10 @@ def __getattr__(name: str) -> Any:
         from .core.cluster import LocalCluster
 
         return LocalCluster
+    if name == "ClusterSecurity":
+        from .core.cluster_security import ClusterSecurity
+
+        return ClusterSecurity
     raise AttributeError(f"module 'seaweed_data' has no attribute {name!r}")
 
 
@@ -48,6 +54,7 @@ __all__ = [
     "Chunk",
     "Client",
     "ClusterError",
+    "ClusterSecurity",
     "Config",
     "ConfigError",
     "CorruptDataError",
@@ -62,6 +69,7 @@ __all__ = [
     "RequestTimeoutError",
     "SeaweedDataError",
     "ServerError",
+    "TLSError",
     "TransportError",
     "UnreachableError",
     "__version__",

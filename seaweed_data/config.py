@@ -79,12 +79,21 @@ class Config:
     coalesce_gap_bytes: int = 64 * KiB
     per_server_concurrency: int = 16
     security_toml: str | None = None
-    """Path of a SeaweedFS ``security.toml`` holding JWT signing keys."""
+    """Path of a SeaweedFS ``security.toml`` holding JWT signing keys; when None, the first
+    ``security.toml`` in ``.``, ``~/.seaweedfs``, ``/usr/local/etc/seaweedfs`` or
+    ``/etc/seaweedfs`` (as ``weed`` looks), if any. ``WEED_JWT_*_KEY`` variables win."""
     ca_file: str | None = None
     """PEM bundle of a private CA for HTTPS servers."""
     verify_tls: bool = True
+    """Check HTTPS servers' certificates (False: accept any, e.g. self-signed)."""
 
     def __post_init__(self) -> None:
+        for name in ("security_toml", "ca_file", "disk_cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):  # a Path is welcome; stored as str
+                object.__setattr__(self, name, os.fspath(value))
+            elif value is not None and not isinstance(value, str):
+                raise ConfigError(f"Config.{name} must be a path, got {value!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", "float", "int | None") and value is not None and (

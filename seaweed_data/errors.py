@@ -11,7 +11,8 @@
     ├── PermissionDeniedError       (also PermissionError)  401/403, missing or wrong JWT key
     ├── TransportError              (also OSError)      the network failed after all retries
     │   ├── UnreachableError                            cannot connect to a server
-    │   └── RequestTimeoutError     (also TimeoutError) a server did not answer in time
+    │   ├── RequestTimeoutError     (also TimeoutError) a server did not answer in time
+    │   └── TLSError                                    an HTTPS certificate is not trusted
     ├── ServerError                                     an unexpected HTTP status
     ├── CorruptDataError                                bad checksum, size or framing
     └── ClusterError                                    a LocalCluster failed to start
@@ -69,6 +70,10 @@ class UnreachableError(TransportError):
 
 class RequestTimeoutError(TransportError, TimeoutError):
     """A server accepted the connection but did not answer in time."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake with an HTTPS server failed, e.g. its certificate is not trusted."""
 
 
 class ServerError(SeaweedDataError):

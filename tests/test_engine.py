@@ -58,6 +58,27 @@ def test_second_pass_with_a_cache_that_holds_the_data_fetches_almost_nothing(clu
     assert stats["cache_hits_memory"] >= len(dataset)
 
 
+def test_batches_of_cache_hits_are_served_in_the_calling_thread(cluster, dataset, tmp_path):
+    """read_entries serves hits without waiting for the loop thread, yet the hints move on:
+    a fresh client on a warm disk tier fetches nothing, and its prefetcher neither issues
+    fetches for what the disk holds nor stalls behind the batches it never saw."""
+    paths = sorted(dataset)
+    disk = str(tmp_path / "cache")
+    with cluster.client(disk_cache_dir=disk) as client:
+        run_epochs(client, dataset, 1)
+    with cluster.client(disk_cache_dir=disk) as client:
+        entries = [client.stat(p) for p in paths]
+        client.set_hints(paths)
+        for start in range(0, len(paths), 8):
+            batch = entries[start:start + 8]
+            assert client.read_entries(batch) == [dataset[e.path] for e in batch]
+        client.read(paths[0])  # a loop-thread call: every posted batch has been taken in
+        stats = client.stats()
+        assert client._async().items.prefetcher.hints == []  # the window followed the reads
+    assert stats["bytes_fetched"] == 0 and stats["prefetch_issued"] == 0
+    assert stats["cache_hits_disk"] == len(paths)
+
+
 def test_future_eviction_fetches_less_than_lru_with_half_the_data_cached(cluster, dataset):
     fetched = {}
     for policy in ("lru", "future"):

@@ -66,10 +66,21 @@ class AsyncClient:
                         prefetch_next: bool = True) -> None:
         await self.items.set_hints(paths, next_paths, known, prefetch_next=prefetch_next)
 
-    async def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
-        """Whole files of known entries (a dataset's listing), concurrently, in order."""
-        return await gather_bounded([partial(self._read_known, e) for e in entries],
-                                    self.config.concurrency)
+    async def read_entries(self, entries: Sequence[Entry],
+                           found: Sequence[bytes | None] = ()) -> list[bytes]:
+        """Whole files of known entries (a dataset's listing), concurrently, in order.
+        ``found[i]``, when not None, is entry i's content the caller already took from the
+        cache (:meth:`ItemReads.peek`); it is reported as read, in order, and returned."""
+        found = found or [None] * len(entries)
+        return await gather_bounded(
+            [partial(self._read_found, e, f) for e, f in zip(entries, found, strict=True)],
+            self.config.concurrency)
+
+    async def _read_found(self, entry: Entry, data: bytes | None) -> bytes:
+        if data is None:
+            return await self._read_known(entry)
+        self.items.consumed(entry.path)
+        return data
 
     async def _read_known(self, entry: Entry) -> bytes:
         try:

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 from ..config import Config
 from ..errors import InvalidLocationError
@@ -121,9 +121,17 @@ class Client:
                                  prefetch_next=prefetch_next))
 
     def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
-        """Whole files of entries you already have (a listing), concurrently, in order."""
+        """Whole files of entries you already have (a listing), concurrently, in order.
+
+        Cache hits are read right here, in the calling thread; the loop thread is only told
+        about them (without waiting) unless something has to be fetched."""
         core = self._async()
-        return self._run(core.read_entries(list(entries)))
+        entries = list(entries)
+        found = [core.items.peek(entry) for entry in entries]
+        if all(data is not None for data in found):
+            LOOP.post(core.items.consumed_all, [entry.path for entry in entries])
+            return cast(list[bytes], found)
+        return self._run(core.read_entries(entries, found))
 
     def extend_hints(self, paths: Sequence[str]) -> None:
         """Announce reads that come after the announced ones (the next epoch)."""

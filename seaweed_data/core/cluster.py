@@ -8,6 +8,9 @@ Used by the demo, the tests and the notebooks::
         cluster.stop_volume(0)          # a replica disappears; reads fail over
         cluster.start_volume(0)
 
+    with LocalCluster(security=ClusterSecurity(https=True)) as secured:  # JWT + HTTPS filer
+        client = secured.client()       # given secured.security_toml and secured.ca_file
+
 Every process runs in its own directory under ``base_dir`` (see :mod:`.cluster_layout`), logs to
 ``base_dir/<name>.log``, and is stopped, killed if need be, and reaped by :meth:`stop`, at
 interpreter exit, or when the cluster object is garbage-collected.
@@ -18,10 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import tempfile
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -36,9 +38,11 @@ from .cluster_layout import (
     ClusterOptions,
     ClusterPorts,
     check_flags,
+    make_base_dir,
     prepare_workdir,
     weed_commands,
 )
+from .cluster_security import SecurityFiles, SecurityOption, resolve_security, write_security
 from .process import WeedProcess, find_weed_binary, stop_all, stop_and_remove
 
 if TYPE_CHECKING:
@@ -47,9 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _START_ATTEMPTS = 3  # a port picked as free may be taken by someone else before weed binds it
-_POLL_SECONDS = 0.05
-Problem = Callable[[], str | None]
-Check = tuple[str, str, Problem]  # component, what is awaited, None when it holds
+Check = tuple[str, str, readiness.Problem]  # component, what is awaited, None when it holds
 
 
 class LocalCluster:
@@ -60,8 +62,9 @@ class LocalCluster:
     assigns file ids, the filer lists ``/`` and, with ``s3=True``, the S3 gateway answers.
     ``master_args``, ``volume_args`` and ``filer_args`` are appended to the generated command
     lines, so they override any default flag. ``security`` is the path of a ``security.toml``
-    given to every component. ``base_dir`` keeps data and logs (a temporary directory, removed
-    by :meth:`stop`, when None).
+    given to every component, or ``True`` or a :class:`.ClusterSecurity` to generate one with
+    random JWT keys (and an HTTPS filer); see :mod:`.cluster_security`. ``base_dir`` keeps data
+    and logs (a temporary directory, removed by :meth:`stop`, when None).
     """
 
     s3_access_key: str = S3_ACCESS_KEY
@@ -73,7 +76,7 @@ class LocalCluster:
         self,
         volumes: int = 1,
         replication: str = "000",
-        security: str | os.PathLike[str] | None = None,
+        security: SecurityOption = None,
         s3: bool = False,
         filer_args: Sequence[str] = (),
         *,
@@ -91,7 +94,8 @@ class LocalCluster:
         if volume_size_limit_mb < 1 or start_timeout <= 0 or stop_grace < 0:
             raise ConfigError("need volume_size_limit_mb >= 1, start_timeout > 0, stop_grace >= 0")
         self.volumes = volumes
-        self.security = None if security is None else Path(security)
+        self.security = resolve_security(security, bool(s3))
+        self._files = SecurityFiles()
         self.start_timeout = float(start_timeout)
         self.stop_grace = float(stop_grace)
         self._options = ClusterOptions(
@@ -153,8 +157,20 @@ class LocalCluster:
 
     @property
     def filer_url(self) -> str:
-        """``http://127.0.0.1:PORT`` of the filer."""
-        return f"http://{HOST}:{self._require_ports().filer}"
+        """``http://127.0.0.1:PORT`` of the filer (``https://`` when it serves HTTPS)."""
+        scheme = "https" if self._files.ca_file is not None else "http"
+        return f"{scheme}://{HOST}:{self._require_ports().filer}"
+
+    @property
+    def security_toml(self) -> Path | None:
+        """The ``security.toml`` every component reads (and clients need); None without
+        security. Generated ones hold the JWT keys; only their owner may read them."""
+        return self._files.toml
+
+    @property
+    def ca_file(self) -> Path | None:
+        """PEM of the private CA behind an HTTPS filer's certificate, else None."""
+        return self._files.ca_file
 
     @property
     def filer_grpc_port(self) -> int:
@@ -201,13 +217,14 @@ class LocalCluster:
         if self.running:
             return self
         binary = find_weed_binary()
-        if self.security is not None and not self.security.is_file():
+        if isinstance(self.security, Path) and not self.security.is_file():
             raise ClusterError(f"security file not found: {self.security}")
-        self._base_dir = self._make_base_dir()
+        self._base_dir = make_base_dir(self._given_base_dir)
         temporary = None if self._given_base_dir is not None else self._base_dir
         self._finalizer = weakref.finalize(self, stop_and_remove, self._procs, 0.0, temporary)
         began = time.monotonic()
         try:
+            self._files = write_security(self.security, self._base_dir)
             self._start_attempts(binary)
         except BaseException:
             self._finalizer()
@@ -215,12 +232,6 @@ class LocalCluster:
         logger.info("LocalCluster up in %.2fs: filer %s, master %s, base_dir %s",
                     time.monotonic() - began, self.filer_url, self.master_url, self._base_dir)
         return self
-
-    def _make_base_dir(self) -> Path:
-        if self._given_base_dir is None:
-            return Path(tempfile.mkdtemp(prefix="seaweed-cluster-"))
-        self._given_base_dir.mkdir(parents=True, exist_ok=True)
-        return self._given_base_dir.resolve()
 
     def _start_attempts(self, binary: str) -> None:
         for attempt in range(1, _START_ATTEMPTS + 1):
@@ -243,7 +254,7 @@ class LocalCluster:
         self._procs.clear()  # the same dict the finalizer holds
         for name, args in commands.items():
             keys = (self.s3_access_key, self.s3_secret_key) if name == "s3" else None
-            prepare_workdir(base / name, self.security, keys)
+            prepare_workdir(base / name, self._files.toml, keys)
             self._procs[name] = WeedProcess(name, [binary, *args], base / name,
                                             base / f"{name}.log")
 
@@ -301,27 +312,15 @@ class LocalCluster:
                 self._wait(name, what, problem, deadline, watch=started)
 
     def _filer_problem(self) -> str | None:
-        return readiness.filer_problem(self.filer_url, self.security is not None)
+        return readiness.filer_problem(self.filer_url, self.security is not None,
+                                       self._files.ca_file)
 
-    def _wait(self, name: str, what: str, problem: Problem, deadline: float,
+    def _wait(self, name: str, what: str, problem: readiness.Problem, deadline: float,
               watch: Sequence[str] | None = None) -> None:
         """Poll ``problem`` until it returns None; fail at once if a process in ``watch``
         (default: the component ``name``) exited."""
         watched = [self._proc(each) for each in (watch if watch is not None else [name])]
-        while True:
-            for proc in watched:
-                if proc.popen is not None and proc.popen.poll() is not None:
-                    raise ClusterError(
-                        f"weed {proc.name} exited with status {proc.popen.returncode} while "
-                        f"waiting until {what}; the end of its log:\n{proc.log_tail()}")
-            reason = problem()
-            if reason is None:
-                return
-            if time.monotonic() >= deadline:
-                raise ClusterError(f"timed out waiting until {what} ({reason}); "
-                                   f"the end of the {name} log:\n{self._proc(name).log_tail()}")
-            time.sleep(_POLL_SECONDS)
-
+        readiness.wait_until(what, problem, deadline, watched, self._proc(name))
 
     # ------------------------------------------------------------------ faults
 
@@ -389,11 +388,14 @@ class LocalCluster:
         self._bring_up(time.monotonic() + self.start_timeout)
 
     def client(self, **config_overrides: Any) -> Client:
-        """A :class:`seaweed_data.Client` for this cluster's filer, with the master preset;
-        ``config_overrides`` are further :class:`seaweed_data.Config` fields."""
+        """A :class:`seaweed_data.Client` for this cluster's filer, with the master, the
+        ``security.toml`` and the CA preset; ``config_overrides`` are further
+        :class:`seaweed_data.Config` fields."""
         from .. import Client, Config
 
+        files = {"security_toml": self.security_toml, "ca_file": self.ca_file}
         options = {"master": self.master_url, "filer_grpc_port": self.filer_grpc_port,
+                   **{name: str(path) for name, path in files.items() if path is not None},
                    **config_overrides}
         config = Config(**options)
         return Client(self.filer_url, config=config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,14 @@ def _socket_flag(flag: str, path: Path) -> list[str]:
     """A Unix socket inside our directory when the path fits ``sun_path``; else weed's default
     (``/tmp/seaweedfs-*-<port>.sock``)."""
     return [f"{flag}={path}"] if len(str(path)) < 100 else []
+
+
+def make_base_dir(given: Path | None) -> Path:
+    """``given`` (created if need be, made absolute), else a new temporary directory."""
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="seaweed-cluster-"))
+    given.mkdir(parents=True, exist_ok=True)
+    return given.resolve()
 
 
 def prepare_workdir(cwd: Path, security: Path | None, s3_keys: tuple[str, str] | None) -> None:

@@ -1,4 +1,8 @@
-"""The filer's HTTP API: metadata, listing, upload, delete, rename, and reads through it."""
+"""The filer's HTTP API: metadata, listing, upload, delete, rename, and reads through it.
+
+On a filer guarded by JWT every request carries ``Authorization: Bearer <token>``, signed with
+the filer read key (GET, HEAD) or write key (PUT, POST, DELETE) of :mod:`.security`.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +20,19 @@ JSON = {"Accept": "application/json"}
 
 
 def raise_for_status(response: Response, action: str, path: str,
-                     ok: tuple[int, ...] = (200, 201, 204, 206)) -> None:
-    """Map a filer status to our errors; ``action`` says what we were doing."""
+                     ok: tuple[int, ...] = (200, 201, 204, 206), *,
+                     denied: str | None = None) -> None:
+    """Map a filer status to our errors; ``action`` says what we were doing, ``denied`` why
+    a 401/403 may have happened (:meth:`.security.Tokens.denial`)."""
     status = response.status
     if status in ok:
         return
     if status == 404:
         raise NotFoundError(path)
     if status in (401, 403):
-        raise PermissionDeniedError(
-            f"filer refused {action} {path!r} (HTTP {status}): a filer JWT key "
-            "(security.toml jwt.filer_signing) is missing or wrong")
+        why = denied or ("a filer JWT key (security.toml [jwt.filer_signing] or "
+                         "[jwt.filer_signing.read]) is missing or wrong")
+        raise PermissionDeniedError(f"filer refused {action} {path!r} (HTTP {status}): {why}")
     text = response.body[:200].decode("utf-8", "replace").strip()
     raise ServerError(f"filer error while {action} {path!r}: HTTP {status} {text}".rstrip(),
                       status)
@@ -43,12 +49,25 @@ class Filer:
     def url(self, path: str) -> str:
         return self.base + quote_path(path)
 
+    def auth(self, method: str) -> dict[str, str]:
+        """The ``Authorization`` header a request of ``method`` needs; empty without a key."""
+        return self._http.tokens.filer_header(method)
+
+    def check(self, response: Response, method: str, action: str, path: str,
+              ok: tuple[int, ...] = (200, 201, 204, 206)) -> None:
+        """:func:`raise_for_status`, explaining a refusal by the key a ``method`` needs."""
+        if response.status in (401, 403):
+            denied = self._http.tokens.denial(self._http.tokens.filer_kind(method))
+            raise_for_status(response, action, path, ok, denied=denied)
+        raise_for_status(response, action, path, ok)
+
     async def _request(self, method: str, path: str, action: str, *,
                        suffix: str = "", ok: tuple[int, ...] = (200, 201, 204, 206),
-                       **kwargs: Any) -> Response:
+                       headers: Mapping[str, str] | None = None, **kwargs: Any) -> Response:
+        headers = {**(headers or {}), **self.auth(method)}
         response = await self._http.request(method, self.url(path) + suffix, kind="filer",
-                                            **kwargs)
-        raise_for_status(response, action, path, ok)
+                                            headers=headers, **kwargs)
+        self.check(response, method, action, path, ok)
         return response
 
     async def entry(self, path: str, *, resolve_manifest: bool = False) -> Entry:

@@ -4,6 +4,8 @@
 timeouts, 408/429/5xx) with exponential backoff and full jitter, honouring ``Retry-After``. It
 returns any other status to the caller, who knows what a 404 means. :meth:`Http.attempt` is
 a single try with the same error translation, for callers that fail over instead of retrying.
+An HTTPS server whose certificate cannot be verified raises :class:`TLSError` at once (no
+retries: it will not get better). :attr:`Http.tokens` signs the JWTs of a secured cluster.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ..config import Config
-from ..errors import RequestTimeoutError, TransportError, UnreachableError
+from ..errors import RequestTimeoutError, TLSError, TransportError, UnreachableError
 from .metrics import Counters
+from .security import Tokens, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,19 @@ class Http:
         self.config = config
         self.counters = counters
         self._session: aiohttp.ClientSession | None = None
+        self._tokens: Tokens | None = None
+
+    def __repr__(self) -> str:
+        return f"Http(verify_tls={self.config.verify_tls}, ca_file={self.config.ca_file!r})"
+
+    @property
+    def tokens(self) -> Tokens:
+        """The JWT signer of ``Config.security_toml`` (or of the ``security.toml`` found on
+        SeaweedFS's search path); loaded on first use, raising :class:`ConfigError` for a
+        missing or malformed file."""
+        if self._tokens is None:
+            self._tokens = Tokens(load_keys(self.config.security_toml))
+        return self._tokens
 
     def session(self) -> aiohttp.ClientSession:
         """The session; created on first use, inside the running loop."""
@@ -138,7 +154,7 @@ class Http:
                 log.debug("%s %s -> %d, retry in %.2fs", method, where(url), response.status,
                           delay)
             except TransportError as exc:
-                if attempt == retries:
+                if attempt == retries or isinstance(exc, TLSError):
                     raise
                 delay = self.backoff(attempt)
                 log.debug("%s %s failed (%s), retry in %.2fs", method, where(url), exc, delay)
@@ -171,6 +187,8 @@ class Http:
         except asyncio.TimeoutError as exc:
             raise RequestTimeoutError(
                 f"{method} {where(url)}: no answer in time") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise tls_error(method, url, exc) from None
         except aiohttp.ClientConnectorError as exc:
             raise UnreachableError(
                 f"{method} {where(url)}: cannot connect to {exc.host}:{exc.port} "
@@ -178,6 +196,20 @@ class Http:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(
                 f"{method} {where(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def tls_error(method: str, url: str, exc: aiohttp.ClientSSLError) -> TLSError:
+    """A :class:`TLSError` that says how to make the server's certificate trusted."""
+    cause = exc.certificate_error if isinstance(
+        exc, aiohttp.ClientConnectorCertificateError) else exc.os_error
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TLSError(
+            f"{method} {where(url)}: the server's TLS certificate is not trusted ({reason}); "
+            "set Config.ca_file to the PEM file of its CA (or verify_tls=False to skip the "
+            "check)")
+    return TLSError(f"{method} {where(url)}: TLS handshake with {exc.host}:{exc.port} "
+                    f"failed ({reason})")
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

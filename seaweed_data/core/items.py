@@ -116,6 +116,23 @@ class ItemReads:
                 return cached
         return await self._single_flight(entry, key)
 
+    def peek(self, entry: Entry) -> bytes | None:
+        """The whole file if a cache tier holds it, read in the calling thread (any thread).
+        A hit must be reported with :meth:`consumed`, on the loop thread, in read order."""
+        if not self._cacheable(entry):
+            return None
+        return self.cache.get_now(whole_file_key(entry))
+
+    def consumed(self, path: str) -> None:
+        """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""
+        self.cache.on_demand(path)
+        self._follow_order(path)
+        self.prefetcher.settle(self.prefetcher.claim(path))
+
+    def consumed_all(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            self.consumed(path)
+
     def cached_slice(self, entry: Entry, start: int, stop: int) -> bytes | None:
         """A range of a file whose whole content is in memory, without I/O."""
         value = self.cache.memory.get(whole_file_key(entry))

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -80,6 +82,14 @@ class LoopThread:
             raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
         return asyncio.run_coroutine_threadsafe(coro, loop)
 
+    def post(self, fn: Callable[..., object], *args: object) -> None:
+        """Run the plain function ``fn(*args)`` on the loop thread soon; do not wait for it.
+        Calls run in the order they were posted (also relative to :meth:`run`)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
+        loop.call_soon_threadsafe(_logged, fn, *args)
+
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -100,6 +110,13 @@ class LoopThread:
         self._lock = threading.RLock()
         self._loop = self._thread = None
         self._users = 0
+
+
+def _logged(fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:  # a posted call has nobody waiting for it: say what went wrong
+        log.exception("seaweed_data: %r failed on the loop thread", fn)
 
 
 LOOP = LoopThread()

@@ -6,6 +6,10 @@ replica is asked, and it is then tried last for ``Config.slow_server_ttl``. Afte
 failed, the volume is looked up again and the round repeats with backoff.
 Range reads send ``Accept-Encoding: identity`` so a needle stored gzip-compressed is sliced
 after decompression. Encrypted chunks (``cipher_key``) are fetched whole and decrypted.
+
+On a cluster with a volume read key each request carries a JWT for its needle: signed here
+with the key when ``security.toml`` has it; else, once a volume server asked for one, handed out
+by the master (``/dir/lookup?read=yes``), as SeaweedFS's own clients do.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .entry import Chunk
 from .http import RETRY_STATUSES, Http, Response
 from .limiter import PriorityLimiter
 from .metrics import Counters
+from .security import VOLUME_READ
 from .volumes import VolumeLocations
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ class NeedleReader:
         self._timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout,
                                               sock_read=config.volume_timeout)
         self._limiters: dict[str, PriorityLimiter] = {}
+        self._master_tokens = False
+        """True once a volume server refused a read without a token and we have no key."""
 
     def _limiter(self, server: str) -> PriorityLimiter:
         """Requests in flight to one volume server are capped; demand reads go first."""
@@ -75,6 +82,7 @@ class NeedleReader:
         error: Exception | None = None
         for attempt in range(self._config.retries + 1):
             servers = await self._locations.lookup(chunk.volume_id, path)
+            await self._authorize(headers, chunk.file_id, path)
             missing = 0
             for server in servers:
                 try:
@@ -94,12 +102,38 @@ class NeedleReader:
         assert error is not None
         raise error
 
+    async def _authorize(self, headers: dict[str, str], fid: str, path: str) -> None:
+        """Put the read JWT of needle ``fid`` into ``headers`` (when reads need one)."""
+        token = self._http.tokens.header(VOLUME_READ, fid)
+        if token is None and self._master_tokens:
+            token = await self._locations.read_token(fid, path)
+        if token:
+            headers["Authorization"] = token
+
+    async def _learn_auth(self, headers: dict[str, str], fid: str, path: str) -> bool:
+        """After a refusal: whether asking the master for a token is worth another try (not
+        when we sent a token already)."""
+        if "Authorization" in headers or self._http.tokens.has(VOLUME_READ):
+            return False
+        if not self._master_tokens:
+            self._master_tokens = True
+            log.info("volume servers want a read JWT and no volume read key is configured; "
+                     "asking the master for one per needle")
+        await self._authorize(headers, fid, path)
+        return "Authorization" in headers
+
+    async def _get(self, server: str, url: str, headers: dict[str, str]) -> Response:
+        async with self._limiter(server).slot():
+            return await self._http.attempt("GET", url, kind="volume", headers=headers,
+                                            timeout=self._timeout, stream=True)
+
     async def _try(self, server: str, chunk: Chunk, span: tuple[int, int] | None,
                    headers: dict[str, str], path: str) -> list[bytes]:
         url = f"http://{server}/{chunk.file_id}"
-        async with self._limiter(server).slot():
-            response = await self._http.attempt("GET", url, kind="volume", headers=headers,
-                                                 timeout=self._timeout, stream=True)
+        response = await self._get(server, url, headers)
+        if response.status in (401, 403) and await self._learn_auth(headers, chunk.file_id,
+                                                                    path):
+            response = await self._get(server, url, headers)
         self._check(response, chunk, url, path)
         received = response.size
         self._counters.add("bytes_fetched", received)
@@ -121,9 +155,11 @@ class NeedleReader:
         if status == 404:
             raise ChunkMissingError(path, f"chunk {chunk.file_id} is missing on {url}")
         if status in (401, 403):
+            why = self._http.tokens.denial(VOLUME_READ)
+            if self._master_tokens:
+                why += "; the master handed out no read token that it accepts either"
             raise PermissionDeniedError(
-                f"volume server refused to read {path!r} (HTTP {status}): "
-                "a volume read key (security.toml jwt.signing.read) is needed")
+                f"volume server refused to read {path!r} (HTTP {status}): {why}")
         if status in RETRY_STATUSES:
             raise TransportError(f"GET {url}: HTTP {status} for {path!r}")
         raise TransportError(f"GET {url}: unexpected HTTP {status} for {path!r}")

@@ -106,6 +106,21 @@ class Prefetcher:
         self._counters.add("prefetch_used")
         return data
 
+    def settle(self, slot: _Slot | None) -> None:
+        """A claimed slot whose item the consumer found in the cache. The prefetch is what
+        usually put it there (its task ends just after storing it), so it counts as used
+        once it has succeeded, as wasted if it fails."""
+        if slot is None:
+            return
+        if slot.task.done():
+            self._count_outcome(slot.task)
+        else:
+            slot.task.add_done_callback(self._count_outcome)
+
+    def _count_outcome(self, task: asyncio.Task[bytes]) -> None:
+        ok = not task.cancelled() and task.exception() is None
+        self._counters.add("prefetch_used" if ok else "prefetch_wasted")
+
     def _advance(self, item: str) -> None:
         """Pop hints up to the first occurrence of ``item``; skipped prefetches are wasted."""
         for position, hinted in enumerate(islice(self._hints, MAX_LOOKAHEAD_SKIP)):

@@ -1,26 +1,61 @@
-"""Blocking probes that tell whether a SeaweedFS server actually serves.
+"""Blocking probes that tell whether a SeaweedFS server actually serves, and the loop that
+waits for them.
 
 Each ``*_problem`` function returns None when the server is ready and otherwise a short reason
-for an error message. They use plain ``urllib`` so that :class:`LocalCluster` needs neither the
-event loop nor the client of this package.
+for an error message. They use plain ``urllib`` (HTTPS verified against the cluster's CA) so
+that :class:`LocalCluster` needs neither the event loop nor the client of this package.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClusterError
+
+if TYPE_CHECKING:
+    from .process import WeedProcess
 
 PROBE_TIMEOUT = 2.0
+POLL_SECONDS = 0.05
+Problem = Callable[[], str | None]
+"""A probe: None when what it checks holds, else the reason it does not."""
 
 
-def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes] | None:
-    """(status, body) of a GET, or None when nothing answered."""
+def wait_until(what: str, problem: Problem, deadline: float, watched: Sequence[WeedProcess],
+               blame: WeedProcess) -> None:
+    """Poll ``problem`` until it returns None. Fail at once if a process in ``watched``
+    exited, and at ``deadline`` (``time.monotonic()``) with the end of ``blame``'s log."""
+    while True:
+        for proc in watched:
+            if proc.popen is not None and proc.popen.poll() is not None:
+                raise ClusterError(
+                    f"weed {proc.name} exited with status {proc.popen.returncode} while "
+                    f"waiting until {what}; the end of its log:\n{proc.log_tail()}")
+        reason = problem()
+        if reason is None:
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"timed out waiting until {what} ({reason}); "
+                               f"the end of the {blame.name} log:\n{blame.log_tail()}")
+        time.sleep(POLL_SECONDS)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None,
+             ca_file: Path | None = None) -> tuple[int, bytes] | None:
+    """(status, body) of a GET, or None when nothing answered. An ``https://`` server must
+    present a certificate of ``ca_file`` (default: the system's CAs)."""
     request = urllib.request.Request(url, headers=headers or {})
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT) as response:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT,
+                                    context=context) as response:
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         with exc:
@@ -74,10 +109,11 @@ def assign_problem(master_url: str) -> str | None:
     return f"/dir/assign: {detail}"
 
 
-def filer_problem(filer_url: str, accept_auth_errors: bool = False) -> str | None:
+def filer_problem(filer_url: str, accept_auth_errors: bool = False,
+                  ca_file: Path | None = None) -> str | None:
     """Does the filer list ``/`` as JSON? With ``accept_auth_errors`` a 401/403 (a filer that
-    requires a JWT) counts as serving."""
-    answer = http_get(f"{filer_url}/", {"Accept": "application/json"})
+    requires a JWT) counts as serving. ``ca_file`` signed an HTTPS filer's certificate."""
+    answer = http_get(f"{filer_url}/", {"Accept": "application/json"}, ca_file)
     if answer is None:
         return "the filer does not answer"
     ok = {200, 401, 403} if accept_auth_errors else {200}

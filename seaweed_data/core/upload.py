@@ -1,7 +1,8 @@
 """Parallel, atomic uploads of large files: chunks straight to the volume servers, one entry.
 
 The data is cut into chunks of ``chunk_bytes``. Each chunk gets a file id from the master
-(``/dir/assign``, with the JWT it hands out for that id) and is stored on its volume server
+(``/dir/assign``, with the JWT it hands out for that id; with the volume write key of
+``security.toml`` we sign our own) and is stored on its volume server
 with ``PUT http://<volume>/<fid>`` (raw body), several at once, with retries; the volume
 server's answer must confirm the size and the CRC-32C (its ``eTag``) of what it stored. Only
 when every chunk is stored is the file created, in one step: a ``CreateEntry`` call on the
@@ -26,7 +27,7 @@ import concurrent.futures
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from ..config import MiB
@@ -43,12 +44,12 @@ from ..errors import (
 )
 from .discovery import FilerConfiguration, get_filer_configuration
 from .entry import Entry
-from .filer import raise_for_status
 from .filer_grpc import CommitUnknownError, commit, filer_grpc_address
 from .http import Response, where
 from .loop import LOOP
 from .protowrite import StoredChunk
 from .records import crc32c
+from .security import VOLUME_WRITE
 
 if TYPE_CHECKING:
     from .aclient import AsyncClient
@@ -95,14 +96,12 @@ class Assignment:
 
     fid: str
     url: str
-    auth: str | None = None
+    auth: str | None = field(default=None, repr=False)
+    """``Bearer <token>`` from the master (a credential: kept out of reprs)."""
 
     @property
     def target(self) -> str:
         return f"http://{self.url}/{self.fid}"
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": self.auth} if self.auth else {}
 
 
 class _Source:
@@ -201,8 +200,8 @@ class ChunkUploader:
                 continue
             body = _json_object(response)
             if response.status == 200 and body.get("fid") and body.get("url"):
-                return Assignment(str(body["fid"]), str(body["url"]),
-                                  response.headers.get("Authorization"))
+                auth = response.headers.get("Authorization") or body.get("auth")
+                return Assignment(str(body["fid"]), str(body["url"]), _bearer(auth))
             detail = body.get("error") or response.body[:200].decode("utf-8", "replace")
             error = ServerError(f"master {where(master)} gave no file id for {self.path!r}: "
                                 f"HTTP {response.status} {detail}".rstrip(), response.status)
@@ -210,16 +209,28 @@ class ChunkUploader:
             raise ServerError(f"no master known to upload {self.path!r}")
         raise error
 
+    def auth(self, assignment: Assignment) -> dict[str, str]:
+        """The ``Authorization`` header for writing (or deleting) the assigned needle: a fresh
+        token signed with our volume write key, else the master's."""
+        token = self.client.http.tokens.header(VOLUME_WRITE, assignment.fid) or assignment.auth
+        return {"Authorization": token} if token else {}
+
+    def _refused(self, assignment: Assignment, status: int) -> PermissionDeniedError:
+        tokens = self.client.http.tokens
+        why = tokens.denial(VOLUME_WRITE)
+        if assignment.auth and not tokens.has(VOLUME_WRITE):
+            why = "it rejected the write token the master handed out (do they share a key?)"
+        return PermissionDeniedError(
+            f"volume server refused to store a chunk of {self.path!r} (HTTP {status}): {why}")
+
     async def put(self, assignment: Assignment, piece: Piece, etag: str, offset: int) -> None:
         """Store one piece under its file id and check what the volume server says."""
-        headers = {"Content-Type": "application/octet-stream", **assignment.headers()}
+        headers = {"Content-Type": "application/octet-stream", **self.auth(assignment)}
         response = await self.client.http.request("PUT", assignment.target, kind="volume",
                                                   data=piece, headers=headers)
         status = response.status
         if status in (401, 403):
-            raise PermissionDeniedError(
-                f"volume server refused to store a chunk of {self.path!r} (HTTP {status}): "
-                "a write key (security.toml jwt.signing) is missing or wrong")
+            raise self._refused(assignment, status)
         if status not in (201, 204):
             text = response.body[:200].decode("utf-8", "replace").strip()
             raise ServerError(f"volume server {where(assignment.target)} failed to store a "
@@ -241,7 +252,7 @@ class ChunkUploader:
             try:
                 response = await self.client.http.request(
                     "DELETE", assignment.target, kind="volume", retries=1,
-                    headers=assignment.headers())
+                    headers=self.auth(assignment))
             except TransportError:
                 return False
             return response.status in (200, 202, 204)
@@ -253,6 +264,13 @@ class ChunkUploader:
             log.warning("upload of %s failed; %d of its %d chunks could not be deleted (or "
                         "never arrived)", self.path, len(results) - deleted, len(results))
         return deleted
+
+
+def _bearer(token: object) -> str | None:
+    """An ``Authorization`` value from the master's header or JSON ``auth`` field."""
+    if not isinstance(token, str) or not token:
+        return None
+    return token if token[:7].lower() == "bearer " else f"Bearer {token}"
 
 
 def _json_object(response: Response) -> dict[str, object]:
@@ -333,10 +351,10 @@ async def upload_through_filer(client: AsyncClient, path: str, data: Data,
     try:
         response = await client.http.request(
             "PUT", client.filer.url(path), kind="filer", data=body, retries=retries,
-            headers={"Content-Type": options.mime})
+            headers={"Content-Type": options.mime, **client.filer.auth("PUT")})
     except TransportError as exc:
         raise with_path(exc, path) from exc  # Http's errors name the URL, not the path
-    raise_for_status(response, "writing", path)
+    client.filer.check(response, "PUT", "writing", path)
     if isinstance(body, memoryview):
         client.counters.add("bytes_uploaded", len(body))
 

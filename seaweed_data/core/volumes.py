@@ -4,6 +4,10 @@ A lookup is cached for ``Config.location_ttl`` and invalidated when a read fails
 lookups of one volume share one request. A server that failed or stalled is remembered for
 ``Config.slow_server_ttl`` and tried after the others; when the master cannot be reached, a
 stale cached answer is better than none and is used.
+
+:meth:`VolumeLocations.read_token` asks the master for the read JWT of one needle
+(``/dir/lookup?fileId=...&read=yes``), for clients of a secured cluster that lack the volume
+read key; the token is reused for half of the time it has left.
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from lru import LRU
+
 from ..config import Config
 from ..errors import NotFoundError, ServerError, TransportError
 from .http import Http
+from .security import TOKEN_CACHE_ENTRIES, claims_of
 
 log = logging.getLogger(__name__)
 
 MasterSource = Callable[[], Awaitable[list[str]]]
+UNDATED_TOKEN_SECONDS = 5.0
+"""How long a master's token without ``exp`` is reused."""
 
 
 class NoMasterError(Exception):
@@ -37,6 +46,7 @@ class VolumeLocations:
         self._cache: dict[str, tuple[float, list[str]]] = {}
         self._pending: dict[str, asyncio.Future[list[str]]] = {}
         self._bad_until: dict[str, float] = {}
+        self._read_tokens: LRU[str, tuple[float, str | None]] = LRU(TOKEN_CACHE_ENTRIES)
 
     async def lookup(self, volume_id: str, path: str = "") -> list[str]:
         """Servers (``host:port``) holding ``volume_id``, healthy ones first."""
@@ -92,6 +102,30 @@ class VolumeLocations:
             raise NotFoundError(path or volume_id, f"volume {volume_id} not found on the master")
         raise ServerError(f"master {master} lookup of volume {volume_id} for {path!r}: "
                           f"HTTP {response.status} {detail or ''}".rstrip(), response.status)
+
+    async def read_token(self, fid: str, path: str = "") -> str | None:
+        """``Bearer <token>`` for reading needle ``fid``, from the master; None when no
+        master answers or it signs none (it has no read key)."""
+        now = time.time()
+        cached = self._read_tokens.get(fid)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        params = {"volumeId": fid.split(",", 1)[0], "fileId": fid, "read": "yes"}
+        for master in await self._masters():
+            try:
+                response = await self._http.request("GET", f"{master}/dir/lookup",
+                                                    kind="master", params=params)
+            except TransportError as exc:
+                log.debug("no read token for %s from %s: %s", path or fid, master, exc)
+                continue
+            if response.status != 200:
+                continue
+            token = response.headers.get("Authorization") or None
+            expires = claims_of(token).get("exp") if token else None
+            left = expires - now if isinstance(expires, (int, float)) else None
+            self._read_tokens[fid] = (now + (left / 2 if left else UNDATED_TOKEN_SECONDS), token)
+            return token
+        return None
 
     def ordered(self, servers: list[str]) -> list[str]:
         if not self._bad_until:

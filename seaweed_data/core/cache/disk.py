@@ -103,7 +103,6 @@ class DiskTier:
         self._ledger = Ledger(self._layout, capacity_bytes, evict_fraction=evict_fraction,
                               stale_tmp_seconds=stale_tmp_seconds)
         self._mutex = threading.RLock()
-        self._pid = os.getpid()
         self._ready = False
         self._writable = True
         self._closed = False
@@ -203,6 +202,16 @@ class DiskTier:
             os.close(fd)
         return header.expires_at is None or header.expires_at > self._clock()
 
+    def has(self, name: str) -> bool:
+        """Whether a file is stored for ``name``: one ``stat``, nothing read or verified (a
+        cheap guess for prefetching; :meth:`get` still checks the entry)."""
+        if not self._ensure_ready():
+            return False
+        try:
+            return os.stat(self._layout.entry_path(name)).st_size > HEADER_SIZE
+        except OSError:
+            return False
+
     def used_bytes(self) -> int:
         """Bytes in the directory as accounted by all its processes (entries and writes in
         flight); 0 when the tier is unusable."""
@@ -231,8 +240,7 @@ class DiskTier:
             self._ledger.close()
 
     def _ensure_ready(self) -> bool:
-        if self._pid != os.getpid():
-            self._after_fork()
+        # (a forked child is reset by the at-fork hook below, not by a getpid() per call)
         if self._closed:
             return False
         if self._ready:
@@ -263,7 +271,6 @@ class DiskTier:
 
     def _after_fork(self) -> None:
         """Forget everything tied to the parent process (locks, ledger fd, counters)."""
-        self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._ledger.after_fork()
         self._stats = dict.fromkeys(_STAT_KEYS, 0)

@@ -13,8 +13,8 @@ import asyncio
 import concurrent.futures
 import multiprocessing.util
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...config import Config
 from ..metrics import Counters
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 OFFLOAD_BYTES = 1 << 20
 MAX_PENDING_WRITES = 64
-T = TypeVar("T")
 
 
 class TieredCache:
@@ -52,16 +51,22 @@ class TieredCache:
         return self.memory.capacity_bytes > 0 or self.disk is not None
 
     def contains(self, key: BlockKey) -> bool:
-        return key in self.memory or (self.disk is not None and key.digest in self.disk)
+        """Whether a tier holds ``key`` (on disk: a file by that name, not yet verified)."""
+        return key in self.memory or (self.disk is not None and self.disk.has(key.digest))
 
     async def get(self, key: BlockKey) -> bytes | None:
+        if key.size > OFFLOAD_BYTES:
+            return await asyncio.to_thread(self.get_now, key)
+        return self.get_now(key)
+
+    def get_now(self, key: BlockKey) -> bytes | None:
+        """:meth:`get` in the calling thread (any thread): memory, then disk (promoted)."""
         value = self.memory.get(key)
         if value is not None:
             self._hit("memory")
             return bytes(value)
         if self.disk is not None:
-            disk = self.disk
-            data = await _offload(key.size, lambda: disk.get(key.digest))
+            data = self.disk.get(key.digest)
             if data is not None:
                 self._hit("disk")
                 self.memory.put(key, data)
@@ -101,10 +106,3 @@ class TieredCache:
     def _hit(self, tier: str) -> None:
         self._counters.add("cache_hits")
         self._counters.add(f"cache_hits_{tier}")
-
-
-async def _offload(size: int, fn: Callable[[], T]) -> T:
-    """Large blocks: file I/O on a worker thread, so the event loop keeps serving."""
-    if size > OFFLOAD_BYTES:
-        return await asyncio.to_thread(fn)
-    return fn()
