@@ -9,8 +9,11 @@ workers (fork or spawn); every worker checks for a newer announcement when a bat
 Which batches a worker reads follows from how DataLoader hands them out: batch ``k`` of an
 epoch goes to worker ``k % num_workers`` (round-robin from worker 0, ``in_order=True``, the
 default). A worker therefore takes the batches ``w, w + n, w + 2n, ...`` of the announced order.
-It checks that the batches it receives match this prediction; when they do not (a DataLoader
-that hands out batches otherwise), it stops following hints and says so once in the log.
+``worker_share`` also takes the batch a worker was handed first, which fixes where its share
+starts should the round robin start elsewhere (torchdata's ``StatefulDataLoader`` restored
+mid-epoch continues it from the checkpointed run). The worker checks that the batches it
+receives match this prediction; when they do not (a DataLoader that hands out batches
+otherwise), it stops following hints and says so once in the log.
 ``tests/test_torch_folder.py`` fails the day DataLoader's distribution changes.
 
 The directory holds only the latest announcement; it is removed when the dataset is garbage
@@ -46,15 +49,25 @@ class Announcement:
     batched: bool
 
 
-def worker_share(order: Order, batched: bool, batch_size: int,
-                 worker: int, workers: int) -> list[list[int]]:
-    """The batches worker ``worker`` of ``workers`` gets, in order (see the module docstring)."""
+def worker_share(order: Order, batched: bool, batch_size: int, worker: int, workers: int,
+                 first: list[int] | None = None) -> list[list[int]]:
+    """The batches worker ``worker`` of ``workers`` gets, in order (see the module docstring).
+
+    ``first``, the batch the worker was handed first, says where its share starts when the
+    round robin does not start at worker 0 for this order: torchdata's ``StatefulDataLoader``,
+    restored mid-epoch, goes on with the worker after the one that yielded last.
+    """
     if batched:
         batches = [list(b) for b in order]
     else:
         flat = [int(i) for i in order]
         batches = [flat[i:i + batch_size] for i in range(0, len(flat), batch_size)]
-    return batches[worker::workers]
+    start = worker
+    if first is not None:
+        head, first = batches[:workers], [int(i) for i in first]
+        if first in head and (worker >= len(head) or head[worker] != first):
+            start = head.index(first)
+    return batches[start::workers]
 
 
 class Channel:

@@ -150,21 +150,21 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         announcement = self._channel.poll()
         if announcement is not None:
             self._apply(announcement, batch_size=len(indices), worker=info.id,
-                        workers=info.num_workers)
+                        workers=info.num_workers, first=indices)
         elif self._predicted and self._predicted[0] != indices:
             self._stop_following(indices)
         if self._predicted:
             self._predicted.pop(0)
 
     def _apply(self, announcement: Announcement, batch_size: int, worker: int = 0,
-               workers: int = 1) -> None:
+               workers: int = 1, first: list[int] | None = None) -> None:
         if batch_size == 0:  # this process reads everything, in order
             mine = _flatten(announcement.order)
             upcoming = _flatten(announcement.next_order or [])
             self._predicted = []
         else:
             batches = worker_share(announcement.order, announcement.batched, batch_size,
-                                   worker, workers)
+                                   worker, workers, first)
             mine, self._predicted = _flatten(batches), batches
             upcoming = _flatten(worker_share(announcement.next_order or [],
                                              announcement.batched, batch_size, worker, workers))

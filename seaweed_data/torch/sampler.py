@@ -14,9 +14,12 @@ When the wrapped sampler is a pure function of (seed, epoch) — a ``Distributed
 epoch's order is computed ahead (on a copy of the sampler), so prefetching crosses the epoch
 boundary and eviction plans for it. ``set_epoch`` passes through.
 
-Resuming: ``state_dict()`` holds the epoch, the order being yielded and how much of it was
-yielded; ``load_state_dict()`` makes the next iteration yield exactly the rest of that order.
-Under torchdata's ``StatefulDataLoader`` the loader saves and restores this state itself.
+Resuming: ``state_dict()`` holds the epoch, the order being yielded, how much of it was
+yielded and the wrapped sampler's generator state after drawing it; ``load_state_dict()``
+makes the next iteration yield exactly the rest of that order, and the epochs after it those
+an uninterrupted run would have drawn. Under torchdata's ``StatefulDataLoader`` the loader
+saves and restores this state itself (at every batch: the order is shared, never copied), and
+does not skip on top of it.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ class PrefetchSampler(torch.utils.data.Sampler[Any]):
         self.sampler = sampler
         self.dataset = dataset
         self.epoch = 0
-        self._order: list[Any] | None = None
+        self._order: tuple[Any, ...] | None = None  # immutable: state dicts share it
         self._yielded = 0
-        self._resume: dict[str, Any] | None = None
+        self._resuming = False  # a loaded state's order is still to be yielded
+        self._rng: torch.Tensor | None = None  # the generator's state after drawing the order
 
     def __len__(self) -> int:
         if not isinstance(self.sampler, Sized):
@@ -58,14 +62,14 @@ class PrefetchSampler(torch.utils.data.Sampler[Any]):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        if self._resume is not None:
-            order, start = self._resume["order"], int(self._resume["yielded"])
-            self._resume = None
+        if self._resuming and self._order is not None:
+            order, start = self._order, self._yielded
         else:
-            order, start = [_plain(x) for x in self.sampler], 0
-        self._order, self._yielded = order, start
+            order, start = tuple(_plain(x) for x in self.sampler), 0
+            self._rng = _rng_state(self.sampler)
+        self._order, self._yielded, self._resuming = order, start, False
         batched = bool(order) and isinstance(order[0], list)
-        self.dataset.announce(order[start:], self._next_order(), batched)
+        self.dataset.announce(list(order[start:]), self._next_order(), batched)
         for item in order[start:]:
             self._yielded += 1
             yield item
@@ -82,14 +86,30 @@ class PrefetchSampler(torch.utils.data.Sampler[Any]):
         return [_plain(x) for x in ahead]
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this epoch stands: resume yields exactly the remaining indices."""
-        return {"epoch": self.epoch, "order": list(self._order or []),
-                "yielded": self._yielded if self._order is not None else 0}
+        """Where this epoch stands: resume yields exactly the remaining indices.
+
+        The order is shared, not copied (StatefulDataLoader asks for the state at every
+        batch). ``generator``, when the wrapped sampler has one, is its state after drawing
+        this order, so the epochs after a resume are those of an uninterrupted run.
+        """
+        started = self._order is not None
+        state: dict[str, Any] = {"epoch": self.epoch, "order": self._order or (),
+                                 "yielded": self._yielded if started else 0}
+        rng = self._rng if started else _rng_state(self.sampler)
+        if rng is not None:
+            state["generator"] = rng
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.set_epoch(int(state["epoch"]))
-        if state.get("order") and int(state["yielded"]) < len(state["order"]):
-            self._resume = {"order": list(state["order"]), "yielded": int(state["yielded"])}
+        generator = _generator(self.sampler)
+        if state.get("generator") is not None and generator is not None:
+            generator.set_state(state["generator"])
+        order = tuple(_plain(x) for x in state.get("order") or ())
+        self._order = order or None
+        self._yielded = int(state["yielded"]) if order else 0
+        self._rng = _rng_state(self.sampler)
+        self._resuming = self._yielded < len(order)
 
 
 def deterministic(sampler: Any) -> bool:
@@ -109,6 +129,20 @@ def _datasets(sampler: Any) -> list[Any]:
              if getattr(sampler, name, None) is not None]
     inner = getattr(sampler, "sampler", None)
     return found + (_datasets(inner) if inner is not None else [])
+
+
+def _generator(sampler: Any) -> torch.Generator | None:
+    """The generator the sampler (or the sampler it batches) draws from, if its own."""
+    generator = getattr(sampler, "generator", None)
+    if isinstance(generator, torch.Generator):
+        return generator
+    inner = getattr(sampler, "sampler", None)
+    return _generator(inner) if inner is not None else None
+
+
+def _rng_state(sampler: Any) -> torch.Tensor | None:
+    generator = _generator(sampler)
+    return generator.get_state() if generator is not None else None
 
 
 def _plain(item: Any) -> Any:
