@@ -7,6 +7,7 @@ import binascii
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from ..errors import ServerError
@@ -62,9 +63,9 @@ class Entry:
     def has_manifest(self) -> bool:
         return any(c.is_chunk_manifest for c in self.chunks)
 
-    @property
+    @cached_property
     def version(self) -> str:
-        """Content identity: changes whenever the file is rewritten."""
+        """Content identity: changes whenever the file is rewritten (computed once)."""
         h = hashlib.blake2b(digest_size=12)
         h.update(f"{self.path}\0{self.size}\0{self.mtime}\0{self.md5}".encode())
         for c in self.chunks:
