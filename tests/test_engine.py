@@ -79,6 +79,19 @@ def test_batches_of_cache_hits_are_served_in_the_calling_thread(cluster, dataset
     assert stats["cache_hits_disk"] == len(paths)
 
 
+def test_flush_puts_what_was_read_on_the_disk_tier_for_other_processes(cluster, dataset,
+                                                                       tmp_path):
+    paths = sorted(dataset)[:10]
+    disk = str(tmp_path / "cache")
+    with cluster.client(disk_cache_dir=disk) as writer, \
+            cluster.client(disk_cache_dir=disk) as other:
+        assert writer.read_many(paths) == [dataset[p] for p in paths]
+        writer.flush()  # no write may still be queued behind the reads
+        assert other.read_many(paths) == [dataset[p] for p in paths]
+        stats = other.stats()
+    assert stats["bytes_fetched"] == 0 and stats["cache_hits_disk"] == len(paths)
+
+
 def test_future_eviction_fetches_less_than_lru_with_half_the_data_cached(cluster, dataset):
     fetched = {}
     for policy in ("lru", "future"):

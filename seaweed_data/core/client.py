@@ -123,15 +123,27 @@ class Client:
     def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
         """Whole files of entries you already have (a listing), concurrently, in order.
 
-        Cache hits are read right here, in the calling thread; the loop thread is only told
-        about them (without waiting) unless something has to be fetched."""
+        Cache hits are read right here, in the calling thread, up to the first miss; when all
+        are hits the loop thread is only told about them, without waiting."""
         core = self._async()
         entries = list(entries)
-        found = [core.items.peek(entry) for entry in entries]
-        if all(data is not None for data in found):
+        found: list[bytes | None] = []
+        for entry in entries:  # up to the first miss: the loop thread takes it from there
+            data = core.items.peek(entry)
+            if data is None:
+                break
+            found.append(data)
+        if len(found) == len(entries):
             LOOP.post(core.items.consumed_all, [entry.path for entry in entries])
             return cast(list[bytes], found)
+        found += [None] * (len(entries) - len(found))
         return self._run(core.read_entries(entries, found))
+
+    def flush(self) -> None:
+        """Wait until what this client cached so far is on the disk tier, where the node's
+        other processes (DataLoader workers, ranks) find it."""
+        core = self._async()
+        self._run(core.items.cache.drain())
 
     def extend_hints(self, paths: Sequence[str]) -> None:
         """Announce reads that come after the announced ones (the next epoch)."""

@@ -356,27 +356,45 @@ class LocalCluster:
             self._wait(proc.name, f"{proc.name} registers again", registered,
                        time.monotonic() + self.start_timeout)
 
-    def restart_filer(self, wait: bool = True) -> None:
-        """Stop the filer (within ``stop_grace``) and start it on the same ports and store; with
-        ``wait``, return once it lists ``/`` again."""
-        proc = self._proc("filer")
-        proc.stop(self.stop_grace)
-        proc.start()
+    def stop_filer(self) -> None:
+        """Stop the filer (SIGTERM, SIGKILL after ``stop_grace``); :meth:`start_filer` or
+        :meth:`heal` brings it back on the same ports and store."""
+        self._proc("filer").stop(self.stop_grace)
+
+    def start_filer(self, wait: bool = True) -> None:
+        """Start a stopped filer on its old ports and store; with ``wait``, return once it
+        lists ``/`` again."""
+        self._proc("filer").start()
         if wait:
             self._wait("filer", "the filer lists / again", self._filer_problem,
                        time.monotonic() + self.start_timeout)
 
-    def restart_master(self, wait: bool = True) -> None:
-        """Stop the master and start it on the same ports and ``-mdir``; with ``wait``, return
-        once it leads, every running volume server is registered again and it assigns ids."""
-        proc = self._proc("master")
-        proc.stop(self.stop_grace)
-        proc.start()
+    def restart_filer(self, wait: bool = True) -> None:
+        """Stop the filer (within ``stop_grace``) and start it on the same ports and store; with
+        ``wait``, return once it lists ``/`` again."""
+        self.stop_filer()
+        self.start_filer(wait)
+
+    def stop_master(self) -> None:
+        """Stop the master (SIGTERM, SIGKILL after ``stop_grace``): no lookups, no assigns until
+        :meth:`start_master` (or :meth:`heal`)."""
+        self._proc("master").stop(self.stop_grace)
+
+    def start_master(self, wait: bool = True) -> None:
+        """Start a stopped master on its old ports and ``-mdir``; with ``wait``, return once it
+        leads, every running volume server is registered again and it assigns ids."""
+        self._proc("master").start()
         if wait:
             running = [url for i, url in enumerate(self.volume_urls) if self._volume(i).alive]
             deadline = time.monotonic() + self.start_timeout
             for name, what, problem in [self._leader_check(), *self._volume_checks(running)]:
                 self._wait(name, f"{what} again", problem, deadline)
+
+    def restart_master(self, wait: bool = True) -> None:
+        """Stop the master and start it on the same ports and ``-mdir``; with ``wait``, return
+        once it leads, every running volume server is registered again and it assigns ids."""
+        self.stop_master()
+        self.start_master(wait)
 
     def heal(self) -> None:
         """Resume paused components, start any that stopped, and wait until the cluster serves

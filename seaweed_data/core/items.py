@@ -121,7 +121,7 @@ class ItemReads:
         A hit must be reported with :meth:`consumed`, on the loop thread, in read order."""
         if not self._cacheable(entry):
             return None
-        return self.cache.get_now(whole_file_key(entry))
+        return self.cache.get_now(whole_file_key(entry), count_miss=False)
 
     def consumed(self, path: str) -> None:
         """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""

@@ -10,6 +10,9 @@ workers and serves every epoch, so reading a sample costs no metadata request.
 ``__getitems__`` fetches a whole batch concurrently. With a :class:`PrefetchSampler` each
 process prefetches exactly the samples it will read next; without one, a sequential traversal
 (``shuffle=False``) is detected and read ahead.
+
+Bad samples raise an error naming the file (``on_error="raise"``, the default), or, with
+``on_error="skip"``, are left out of their batch, logged and counted (see the class).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch.utils.data
 from PIL import Image
@@ -28,10 +31,16 @@ from ..core.client import Client
 from ..core.job_metrics import JobMetrics
 from ..core.location import parse_location
 from ..core.metrics import PROCESS, Counters
+from ..errors import CorruptDataError, NotFoundError
 from .announce import Announcement, Channel, Order, worker_share
 from .listing import list_image_folder
 
 log = logging.getLogger(__name__)
+
+SKIPPABLE_READ_ERRORS = (NotFoundError, CorruptDataError)
+"""Read errors that ``on_error="skip"`` skips: the file is gone (deleted since the listing)
+or its data is damaged. Network, permission and server errors always raise: they say
+nothing about one sample, and skipping them would empty an epoch during an outage."""
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -48,6 +57,18 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     ``root`` is a location: ``seaweedfs://host:port/path``, a filer URL, or a bare path on
     ``SEAWEED_FILER``. ``loader`` receives the file's bytes (default: Pillow, RGB).
     ``prefetch`` is how many samples each process keeps fetched ahead of it.
+
+    **Bad samples.** A file that cannot be read (deleted since the listing, damaged) or that
+    ``loader`` cannot decode raises an error naming its path. ``on_error="skip"`` instead
+    leaves such a sample out of the batch that asked for it: ``__getitems__`` (what DataLoader
+    calls whenever it batches: ``batch_size`` or ``batch_sampler`` set) returns only the good
+    samples, so that batch comes out shorter; every skip is logged as a warning naming the
+    file and counted as ``samples_skipped`` in :meth:`stats` (workers' skips included).
+    Errors of the network, of permissions or of the server, and errors of ``transform`` or
+    ``target_transform``, always raise. A batch whose every sample is bad comes out empty,
+    which ``default_collate`` cannot collate: where that can happen (``batch_size=1``), give
+    DataLoader a ``collate_fn`` that accepts an empty list. ``ds[i]`` (``__getitem__``)
+    always raises for a bad sample: a map-style dataset cannot return nothing for an index.
     """
 
     def __init__(self, root: str, transform: Callable[[Any], Any] | None = None,
@@ -55,7 +76,11 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
                  loader: Callable[[bytes], Any] | None = None, prefetch: int = 8,
                  config: Config | None = None,
                  is_valid_file: Callable[[str], bool] | None = None,
-                 allow_empty: bool = False, *, client: Client | None = None) -> None:
+                 allow_empty: bool = False, *, client: Client | None = None,
+                 on_error: Literal["raise", "skip"] = "raise") -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
         location = parse_location(root)
         self.root = location.path
         self.filer = location.filer
@@ -108,20 +133,72 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.__getitems__([index])[0]
+        """Sample ``index``; a bad one raises whatever ``on_error`` says (see the class)."""
+        index = int(index)
+        self._follow([index])
+        [data] = self.client.read_entries([self.entries[index]])
+        return self._finish(index, self._load(index, data))
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
-        """A whole batch, fetched concurrently."""
+        """A whole batch, fetched concurrently (without its bad samples under ``"skip"``)."""
         indices = [int(i) for i in indices]
-        self._follow(indices)
-        datas = self.client.read_entries([self.entries[i] for i in indices])
-        return [self._sample(i, data) for i, data in zip(indices, datas, strict=True)]
+        last = self._follow(indices)
+        samples = self._batch(indices)
+        if last:  # this worker's share of the epoch is read: let the node's workers see it
+            self.client.flush()
+        return samples
 
-    def _sample(self, index: int, data: bytes) -> tuple[Any, int]:
+    def _batch(self, indices: list[int]) -> list[tuple[Any, int]]:
+        if self.on_error == "skip":
+            return self._skipping(indices)
+        datas = self.client.read_entries([self.entries[i] for i in indices])
+        return [self._finish(i, self._load(i, data))
+                for i, data in zip(indices, datas, strict=True)]
+
+    def _skipping(self, indices: list[int]) -> list[tuple[Any, int]]:
         try:
-            sample = self.loader(data)
+            datas: list[bytes | None] = list(
+                self.client.read_entries([self.entries[i] for i in indices]))
+        except SKIPPABLE_READ_ERRORS:  # find the bad ones: one read each (the rest is cached)
+            datas = [self._read_or_skip(i) for i in indices]
+        samples = []
+        for index, data in zip(indices, datas, strict=True):
+            if data is None:
+                continue
+            try:
+                sample = self._load(index, data)
+            except Exception as exc:
+                self._skip(index, exc)
+                continue
+            samples.append(self._finish(index, sample))
+        return samples
+
+    def _read_or_skip(self, index: int) -> bytes | None:
+        try:
+            [data] = self.client.read_entries([self.entries[index]])
+        except SKIPPABLE_READ_ERRORS as exc:
+            self._skip(index, exc)
+            return None
+        return data
+
+    def _skip(self, index: int, error: Exception) -> None:
+        self._counters.add("samples_skipped")
+        log.warning("on_error='skip': skipping sample %d (%s): %s", index,
+                    self.entries[index].path, error)
+
+    def _load(self, index: int, data: bytes) -> Any:
+        try:
+            return self.loader(data)
         except Exception as exc:
-            raise type(exc)(f"cannot load {self.entries[index].path!r}: {exc}") from exc
+            path = self.entries[index].path
+            message = f"cannot load {path!r} ({len(data)} bytes): {type(exc).__name__}: {exc}"
+            try:
+                error = type(exc)(message)
+            except Exception:  # an exception type that does not take one message
+                error = CorruptDataError(message, path=path)
+            raise error from exc
+
+    def _finish(self, index: int, sample: Any) -> tuple[Any, int]:
         target = self.targets[index]
         if self.transform is not None:
             sample = self.transform(sample)
@@ -138,23 +215,27 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         # (num_workers=0), at its first read.
         self._pending = self._channel.publish(order, next_order, batched)
 
-    def _follow(self, indices: list[int]) -> None:
+    def _follow(self, indices: list[int]) -> bool:
+        """Take up a new announcement; whether ``indices`` is this worker's last batch of
+        the epoch."""
         info = torch.utils.data.get_worker_info()
         if info is None:
             if self._pending is not None:
                 self._apply(self._pending, batch_size=0)
                 self._pending = None
-            return
+            return False
         if not self._following:
-            return
+            return False
         announcement = self._channel.poll()
         if announcement is not None:
             self._apply(announcement, batch_size=len(indices), worker=info.id,
                         workers=info.num_workers, first=indices)
         elif self._predicted and self._predicted[0] != indices:
             self._stop_following(indices)
-        if self._predicted:
-            self._predicted.pop(0)
+        if not self._predicted:
+            return False
+        self._predicted.pop(0)
+        return not self._predicted
 
     def _apply(self, announcement: Announcement, batch_size: int, worker: int = 0,
                workers: int = 1, first: list[int] | None = None) -> None:
@@ -187,8 +268,11 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     # -- stats ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters of this process plus those its DataLoader workers reported."""
-        return self._jobs.collect() if self._jobs.is_main else self.client.stats()
+        """Counters of this process plus those its DataLoader workers reported, with
+        ``samples_skipped`` (see the class)."""
+        if self._jobs.is_main:
+            return {"samples_skipped": 0, **self._jobs.collect()}
+        return {**self.client.stats(), "samples_skipped": self._counters.get("samples_skipped")}
 
     def close(self) -> None:
         if self._client is not None and self._client_pid == os.getpid():

@@ -59,8 +59,9 @@ class TieredCache:
             return await asyncio.to_thread(self.get_now, key)
         return self.get_now(key)
 
-    def get_now(self, key: BlockKey) -> bytes | None:
-        """:meth:`get` in the calling thread (any thread): memory, then disk (promoted)."""
+    def get_now(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
+        """:meth:`get` in the calling thread (any thread): memory, then disk (promoted).
+        ``count_miss=False`` when a miss will be looked up (and counted) again."""
         value = self.memory.get(key)
         if value is not None:
             self._hit("memory")
@@ -71,7 +72,8 @@ class TieredCache:
                 self._hit("disk")
                 self.memory.put(key, data)
                 return data
-        self._counters.add("cache_misses")
+        if count_miss:
+            self._counters.add("cache_misses")
         return None
 
     async def put(self, key: BlockKey, data: bytes, *, expires_at: float | None = None) -> None:
@@ -84,6 +86,11 @@ class TieredCache:
             self._writer.submit(self.disk.put, key.digest, data, expires_at=expires_at))
         while self._pending and (self._pending[0].done()
                                  or len(self._pending) > MAX_PENDING_WRITES):
+            await asyncio.wrap_future(self._pending.popleft())
+
+    async def drain(self) -> None:
+        """Wait until every queued disk write is done (other processes can then read it)."""
+        while self._pending:
             await asyncio.wrap_future(self._pending.popleft())
 
     def on_demand(self, item: str) -> None:
