@@ -112,7 +112,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[floa
     raw = buffer.getvalue()
     del buffer
     with sd.LocalCluster(volume_size_limit_mb=1024) as cluster:
-        config = sd.Config(master=cluster.master_url, filer_grpc_port=cluster.filer_grpc_port)
+        config = sd.Config(master=cluster.master_url, filer_grpc_port=cluster.filer_grpc_port,
+                           memory_cache_bytes=0)  # every load fetches, as the peers do
         with sd.Client(cluster.filer_url, config) as client:
             background = BackgroundSave(client, state)
             todo = cases(cluster, client, state, raw, background)

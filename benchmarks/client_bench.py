@@ -83,7 +83,8 @@ def measure(cluster: sd.LocalCluster, args: argparse.Namespace) -> dict[str, lis
     with cluster.client() as client:
         paths = populate(client, args.files, args.file_bytes, args.big_bytes)
     big_url = f"{filer}/bench/big.bin"
-    with cluster.client() as ours:
+    # No cache: every round must fetch from the servers, as the peers do.
+    with cluster.client(memory_cache_bytes=0) as ours:
         cases: dict[str, Callable[[], object]] = {
             "a: naive requests loop": lambda: naive_loop(filer, paths),
             "a: Client.read_many": lambda: ours_many(ours, paths),
