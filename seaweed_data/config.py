@@ -50,6 +50,8 @@ class Config:
     """Seconds a filer or master may stay silent (first byte, and between bytes)."""
     volume_timeout: float = 1.0
     """Seconds a volume server may take to start answering before we fail over."""
+    pipelining: bool = True
+    """Send small needle reads pipelined (HTTP/1.1) on a few connections per volume server."""
     retries: int = 5
     """Attempts after the first for transient errors (reset, 5xx, 429/503)."""
     backoff_base: float = 0.05

@@ -29,6 +29,7 @@ from yarl import URL
 from ..config import Config
 from ..errors import RequestTimeoutError, TLSError, TransportError, UnreachableError
 from .metrics import Counters
+from .pipeline import Pipelines
 from .security import Tokens, load_keys
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Http:
         self.counters = counters
         self._session: aiohttp.ClientSession | None = None
         self._tokens: Tokens | None = None
+        self.pipelines = Pipelines(config.connect_timeout)
 
     def __repr__(self) -> str:
         return f"Http(verify_tls={self.config.verify_tls}, ca_file={self.config.ca_file!r})"
@@ -115,6 +117,7 @@ class Http:
         descriptors and keep the objects alive forever, so that no finalizer ever touches
         them (or the parent's event loop) again.
         """
+        self.pipelines.abandon_after_fork(_ABANDONED)
         session, self._session = self._session, None
         if session is None:
             return
@@ -131,6 +134,7 @@ class Http:
                     os.close(sock.fileno())
 
     async def close(self) -> None:
+        await self.pipelines.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -196,6 +200,17 @@ class Http:
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(
                 f"{method} {where(url)}: {type(exc).__name__}: {exc}") from None
+
+
+    async def pipelined_get(self, server: str, target: str, *, kind: str,
+                            headers: dict[str, str], timeout: float) -> Response:
+        """One GET of a small body through :class:`Pipelines` (plain HTTP only)."""
+        self.counters.add("requests")
+        self.counters.add(f"{kind}_requests")
+        started = time.perf_counter()
+        answer = await self.pipelines.get(server, target, headers, timeout)
+        self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
+        return Response(answer.status, CIMultiDictProxy(answer.headers), [answer.body])
 
 
 def tls_error(method: str, url: str, exc: aiohttp.ClientSSLError) -> TLSError:

@@ -32,6 +32,8 @@ from .security import VOLUME_READ
 from .volumes import VolumeLocations
 
 log = logging.getLogger(__name__)
+PIPELINED_MAX_BYTES = 256 * 1024
+"""Reads up to this size are pipelined; larger ones get a connection of their own."""
 
 NONCE_BYTES = 12
 GZIP_MAGIC = b"\x1f\x8b"
@@ -122,18 +124,25 @@ class NeedleReader:
         await self._authorize(headers, fid, path)
         return "Authorization" in headers
 
-    async def _get(self, server: str, url: str, headers: dict[str, str]) -> Response:
+    async def _get(self, server: str, fid: str, headers: dict[str, str],
+                   small: bool) -> Response:
         async with self._limiter(server).slot():
-            return await self._http.attempt("GET", url, kind="volume", headers=headers,
-                                            timeout=self._timeout, stream=True)
+            if small and self._config.pipelining:
+                return await self._http.pipelined_get(server, f"/{fid}", kind="volume",
+                                                      headers=headers,
+                                                      timeout=self._config.volume_timeout)
+            return await self._http.attempt("GET", f"http://{server}/{fid}", kind="volume",
+                                            headers=headers, timeout=self._timeout,
+                                            stream=True)
 
     async def _try(self, server: str, chunk: Chunk, span: tuple[int, int] | None,
                    headers: dict[str, str], path: str) -> list[bytes]:
         url = f"http://{server}/{chunk.file_id}"
-        response = await self._get(server, url, headers)
+        small = (span[1] - span[0] if span else chunk.size) <= PIPELINED_MAX_BYTES
+        response = await self._get(server, chunk.file_id, headers, small)
         if response.status in (401, 403) and await self._learn_auth(headers, chunk.file_id,
                                                                     path):
-            response = await self._get(server, url, headers)
+            response = await self._get(server, chunk.file_id, headers, small)
         self._check(response, chunk, url, path)
         received = response.size
         self._counters.add("bytes_fetched", received)

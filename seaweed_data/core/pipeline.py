@@ -1,0 +1,269 @@
+"""HTTP/1.1 pipelining for the small GETs a training job sends to volume servers.
+
+A dataset of small files costs one request per file, and on a loaded machine the cost of a
+request is mostly fixed: the client library's machinery and one ``send`` per request. Volume
+servers (Go's ``net/http``) answer pipelined requests in order, so :class:`Pipelines` writes
+requests back to back on a few keep-alive connections per server and reads the answers as they
+come; a batch of requests costs a few system calls instead of one each.
+
+Only small bodies go this way (the caller decides): a large one would hold up the answers
+queued behind it. A connection that breaks, times out or answers out of protocol fails every
+request waiting on it with :class:`TransportError` (the needle reader retries them); a request
+whose connection closed before it was answered is resent once on a fresh connection, as
+clients do when a server closes an idle keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+from ..errors import RequestTimeoutError, TransportError, UnreachableError
+
+CONNECTIONS_PER_SERVER = 4
+"""Keep-alive connections per volume server; requests are spread over them."""
+QUEUE_PER_CONNECTION = 4
+"""A new connection is opened once every open one has this many answers outstanding."""
+MAX_HEADER_BYTES = 64 * 1024
+
+
+@dataclass
+class Answer:
+    """One response: status, headers and the whole body."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+class ConnectionLost(TransportError):
+    """The connection ended before this request's answer began (safe to resend a GET)."""
+
+
+class _Connection:
+    """One keep-alive connection: requests go out in order, answers are matched in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 where: str) -> None:
+        self.reader, self.writer, self.where = reader, writer, where
+        self.waiting: deque[asyncio.Future[Answer]] = deque()
+        self.closed = False
+        self.task = asyncio.ensure_future(self._read_answers())
+        self._outgoing: list[bytes] = []
+
+    def send(self, request: bytes) -> asyncio.Future[Answer]:
+        """Queue ``request``; the requests of one loop iteration leave in one write."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        self.waiting.append(future)
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append(request)
+        return future
+
+    def _flush(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if not self.closed:
+            self.writer.write(data)
+
+    def abort(self, error: TransportError) -> None:
+        """Fail what is waiting and drop the connection (no graceful close: answers still
+        in flight would be misread)."""
+        self.closed = True
+        self.writer.transport.abort()
+        self._fail(error)
+
+    async def _read_answers(self) -> None:
+        try:
+            while True:
+                answer, close = await _read_answer(self.reader, self.where)
+                if not self.waiting:
+                    raise TransportError(f"{self.where} sent an answer nobody asked for")
+                future = self.waiting.popleft()
+                if not future.done():
+                    future.set_result(answer)
+                if close:
+                    break
+        except asyncio.IncompleteReadError as exc:
+            self._fail(ConnectionLost(f"connection to {self.where} closed") if not exc.partial
+                       else TransportError(f"answer from {self.where} cut short"))
+        except (TransportError, OSError, asyncio.LimitOverrunError, ValueError) as exc:
+            self._fail(exc if isinstance(exc, TransportError) else TransportError(
+                f"bad answer from {self.where}: {type(exc).__name__}: {exc}"))
+        finally:
+            self.closed = True
+            self.writer.transport.abort()
+            self._fail(ConnectionLost(f"connection to {self.where} closed"))
+
+    def _fail(self, error: TransportError) -> None:
+        """The first waiter gets ``error``; those queued behind it were never answered, so
+        they may be resent."""
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+                error = ConnectionLost(f"{self.where}: an earlier answer failed ({error})")
+
+
+class _Server:
+    """The connections to one ``host:port``."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        self.host, self.port, self.where = host, port, f"{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self.connections: list[_Connection] = []
+        self._opening: asyncio.Future[_Connection] | None = None
+
+    async def connection(self) -> _Connection:
+        self.connections = [c for c in self.connections if not c.closed]
+        best = min(self.connections, key=lambda c: len(c.waiting), default=None)
+        if best is not None and (len(best.waiting) < QUEUE_PER_CONNECTION
+                                 or len(self.connections) >= CONNECTIONS_PER_SERVER):
+            return best
+        if self._opening is None:  # one connect at a time; others share it
+            self._opening = asyncio.ensure_future(self._open())
+            self._opening.add_done_callback(_retrieve)
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if self._opening is opening and opening.done():
+                self._opening = None
+
+    async def _open(self) -> _Connection:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=MAX_HEADER_BYTES),
+                self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise UnreachableError(f"cannot connect to {self.where} ({reason})") from None
+        connection = _Connection(reader, writer, self.where)
+        self.connections.append(connection)
+        return connection
+
+
+class Pipelines:
+    """Pipelined GETs to any number of servers (one :class:`Pipelines` per client)."""
+
+    def __init__(self, connect_timeout: float) -> None:
+        self._connect_timeout = connect_timeout
+        self._servers: dict[str, _Server] = {}
+
+    async def get(self, server: str, target: str, headers: dict[str, str],
+                  timeout: float) -> Answer:
+        """``GET target`` on ``server`` (``host:port``); the answer within ``timeout`` s of
+        being queued, else :class:`RequestTimeoutError` (and the connection is dropped)."""
+        request = _request(server, target, headers)
+        loop = asyncio.get_running_loop()
+        for resend in (False, True):
+            connection = await self._server(server).connection()
+            future = connection.send(request)
+            deadline = loop.call_later(timeout, _expire, future)
+            try:
+                return await future
+            except _Expired:
+                connection.abort(TransportError(f"{server}: an earlier answer timed out"))
+                raise RequestTimeoutError(f"GET http://{server}{target.split('?')[0]}: "
+                                          f"no answer within {timeout:g}s") from None
+            except ConnectionLost:
+                if resend:
+                    raise
+            finally:
+                deadline.cancel()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _server(self, server: str) -> _Server:
+        found = self._servers.get(server)
+        if found is None:
+            host, _, port = server.rpartition(":")
+            found = self._servers[server] = _Server(host.strip("[]"), int(port),
+                                                    self._connect_timeout)
+        return found
+
+    async def close(self) -> None:
+        connections = [c for s in self._servers.values() for c in s.connections]
+        self._servers.clear()
+        for connection in connections:
+            connection.abort(ConnectionLost("client closed"))
+        for connection in connections:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connection.task
+
+    def abandon_after_fork(self, keep_alive: list[object]) -> None:
+        """In a forked child: close our copies of the sockets without touching the parent's
+        event loop; the objects go to ``keep_alive`` so that no finalizer runs."""
+        for server in self._servers.values():
+            for connection in server.connections:
+                sock = connection.writer.get_extra_info("socket")
+                if sock is not None and sock.fileno() >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(sock.fileno())
+                keep_alive.append(connection)
+        self._servers = {}
+
+
+class _Expired(Exception):
+    """Set on a request whose answer did not come in time."""
+
+
+def _expire(future: asyncio.Future[Answer]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
+def _retrieve(future: asyncio.Future[_Connection]) -> None:
+    """Its waiters got the error (or were cancelled): mark it seen."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _request(server: str, target: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", f"Host: {server}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Answer, bool]:
+    """One answer off the connection; and whether the server closes it afterwards."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    status_text = rest[:3]
+    if not version.startswith("HTTP/1.") or not status_text.isdigit():
+        raise TransportError(f"{where} answered {lines[0][:60]!r}, not HTTP/1.x")
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.add(name.strip(), value.strip())
+    status = int(status_text)
+    close = version == "HTTP/1.0" or headers.get("Connection", "").lower() == "close"
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        body = await _read_chunked(reader)
+    elif "Content-Length" in headers:
+        body = await reader.readexactly(int(headers["Content-Length"]))
+    elif status in (204, 304) or status < 200:
+        body = b""
+    else:  # the body ends when the connection does
+        body, close = await reader.read(), True
+    return Answer(status, headers, body), close
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                pass
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+__all__ = ["Answer", "ConnectionLost", "Pipelines"]
