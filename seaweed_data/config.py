@@ -79,7 +79,7 @@ class Config:
     prefetch_timeout: float = 60.0
     """Seconds one prefetch may take before it is given up (the consumer then reads itself)."""
     coalesce_gap_bytes: int = 64 * KiB
-    per_server_concurrency: int = 16
+    per_server_concurrency: int = 32
     security_toml: str | None = None
     """Path of a SeaweedFS ``security.toml`` holding JWT signing keys; when None, the first
     ``security.toml`` in ``.``, ``~/.seaweedfs``, ``/usr/local/etc/seaweedfs`` or

@@ -27,7 +27,7 @@ from ..errors import RequestTimeoutError, TransportError, UnreachableError
 
 CONNECTIONS_PER_SERVER = 4
 """Keep-alive connections per volume server; requests are spread over them."""
-QUEUE_PER_CONNECTION = 4
+QUEUE_PER_CONNECTION = 8
 """A new connection is opened once every open one has this many answers outstanding."""
 MAX_HEADER_BYTES = 64 * 1024
 
