@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 
 from .limiter import prefetching
@@ -99,12 +100,20 @@ class Prefetcher:
             self._counters.add("prefetch_late")
         try:
             data = await asyncio.shield(slot.task)
+        except asyncio.CancelledError:
+            if not slot.task.cancelled() or _cancelling():
+                raise  # the consumer itself is being cancelled
+            self._failed("timed out")
+            return None
         except Exception as exc:  # the consumer refetches and gets the real error, if any
-            log.debug("a prefetch failed (%s); reading on demand", exc)
-            self._counters.add("prefetch_wasted")
+            self._failed(str(exc))
             return None
         self._counters.add("prefetch_used")
         return data
+
+    def _failed(self, why: str) -> None:
+        log.debug("a prefetch failed (%s); reading on demand", why)
+        self._counters.add("prefetch_wasted")
 
     def settle(self, slot: _Slot | None) -> None:
         """A claimed slot whose item the consumer found in the cache. The prefetch is what
@@ -143,14 +152,12 @@ class Prefetcher:
             if self._slots and self._bytes_ahead + size > self.budget_bytes:
                 return
             with prefetching():  # the task inherits the context: its requests yield to demand
-                task = asyncio.ensure_future(self._run(item))
-            task.add_done_callback(_retrieve)
+                task = asyncio.ensure_future(self._fetch(item))
+            expiry = asyncio.get_running_loop().call_later(self._timeout, task.cancel)
+            task.add_done_callback(partial(_settled, expiry))
             self._slots[item] = _Slot(task, size)
             self._bytes_ahead += size
             self._counters.add("prefetch_issued")
-
-    async def _run(self, item: str) -> bytes:
-        return await asyncio.wait_for(self._fetch(item), self._timeout)
 
     def _drop(self, item: str) -> None:
         slot = self._slots.pop(item)
@@ -165,7 +172,14 @@ class Prefetcher:
             self._drop(item)
 
 
-def _retrieve(task: asyncio.Task[bytes]) -> None:
-    """Mark a failed prefetch's exception as seen: the consumer reads on demand instead."""
+def _settled(expiry: asyncio.TimerHandle, task: asyncio.Task[bytes]) -> None:
+    """A prefetch ended: stop its timeout; mark its exception as seen (the consumer reads on
+    demand instead)."""
+    expiry.cancel()
     if not task.cancelled():
         task.exception()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
