@@ -1,6 +1,10 @@
 """TensorFlow layer of seaweed_data (tf.data sources).
 
 Importing it requires TensorFlow: ``pip install "seaweed-data[tf]"``.
+
+- :func:`TFRecordDataset`: ``tf.data.TFRecordDataset`` over TFRecord files on SeaweedFS (same
+  records, order and ``element_spec``), with exact-order prefetching of the coming files.
+- :func:`FileDataset`: ``(path, bytes)`` of whole files, e.g. JPEGs for ``tf.io.decode_jpeg``.
 """
 
 from __future__ import annotations
@@ -12,4 +16,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without tensorfl
         "seaweed_data.tf needs TensorFlow: pip install 'seaweed-data[tf]' "
         "(or tensorflow-cpu)") from exc
 
-__all__: list[str] = []
+from .files import FileDataset
+from .records import TFRecordDataset
+
+__all__ = ["FileDataset", "TFRecordDataset"]

@@ -1,0 +1,291 @@
+"""TFRecord shards through tf.data, side by side on one local SeaweedFS (issue #5).
+
+8 shards (``--shards``) of ~32 MB (``--shard-mb``) holding records of 1-10 KB (uniform random
+sizes and random bytes, seeded), written once both to SeaweedFS (``/bench/tfrecord/``) and to
+a local directory. Every case iterates all records with the same consumer,
+``for batch in ds.batch(1024).map(count)``, where ``count`` sums records and bytes in the graph:
+
+- (a) ``tf.data.TFRecordDataset`` on the local files (in the page cache: the local-disk limit);
+- (b) naive download: one ``requests.get`` through the filer per shard into a local temporary
+  file (streamed in 1 MiB pieces), then ``tf.data.TFRecordDataset`` on those files; the time
+  includes the downloads;
+- (c) ``seaweed_data.tf.TFRecordDataset`` on the SeaweedFS locations: a new dataset (new
+  clients, empty caches) every round, so every round is cold: the first shard streams, the
+  engine fetches the next ones whole (``prefetch=2``) while records are read;
+- reference: the engine alone, ``Client.read`` of every shard in order after ``set_hints``
+  (cold, nothing parsed): the share of (c) spent fetching.
+
+Besides wall time, each case's CPU time is reported: this process (every thread) and the
+SeaweedFS servers (from ``/proc``), since on a small shared machine they compete for cores.
+
+Rounds are interleaved (every case once per round) after one untimed warm-up pass of (a) and
+(b); medians are reported. Writes JSON and Markdown to ``benchmarks/results/tfrecord.*``.
+Run: ``python benchmarks/tfrecord_bench.py [--rounds 3] [--shards 8] [--shard-mb 32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import tensorflow as tf
+
+import seaweed_data as sd
+from seaweed_data.core.records import write_records
+from seaweed_data.tf import TFRecordDataset
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REMOTE_DIR = "/bench/tfrecord"
+SEED = 5
+MIN_RECORD, MAX_RECORD = 1000, 10_000
+BATCH = 1024
+CASES = ("a: tf.data.TFRecordDataset, local files",
+         "b: download each shard (requests), then tf.data.TFRecordDataset",
+         "c: seaweed_data.tf.TFRecordDataset (cold)",
+         "reference: Client.read of each shard, hinted, cold, no records")
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def make_shard(index: int, target_bytes: int) -> tuple[bytes, int, int]:
+    """One TFRecord shard of about ``target_bytes``: (file bytes, records, record bytes)."""
+    rng = random.Random(SEED * 1_000_003 + index)
+    records: list[bytes] = []
+    size = 0
+    while size < target_bytes:
+        record = rng.randbytes(rng.randint(MIN_RECORD, MAX_RECORD))
+        records.append(record)
+        size += len(record) + 16
+    out = io.BytesIO()
+    write_records(out, records)
+    return out.getvalue(), len(records), sum(len(r) for r in records)
+
+
+def populate(client: sd.Client, local_dir: Path, shards: int,
+             shard_mb: int) -> tuple[list[str], list[str], int, int]:
+    """Write the shards locally and to SeaweedFS: (local paths, remote paths, records, bytes)."""
+    local, remote, records, payload = [], [], 0, 0
+    for i in range(shards):
+        data, count, nbytes = make_shard(i, shard_mb * 1_000_000)
+        name = f"train-{i:05d}-of-{shards:05d}.tfrecord"
+        (local_dir / name).write_bytes(data)
+        client.write(f"{REMOTE_DIR}/{name}", data)
+        local.append(str(local_dir / name))
+        remote.append(f"{REMOTE_DIR}/{name}")
+        records, payload = records + count, payload + nbytes
+    return local, remote, records, payload
+
+
+# -- the consumer and the cases ------------------------------------------------------------------
+
+def _count(batch: Any) -> tuple[Any, Any]:
+    return tf.size(batch, out_type=tf.int64), tf.reduce_sum(tf.strings.length(batch,
+                                                                              "BYTE"))
+
+
+def consume(dataset: Any) -> tuple[int, int]:
+    """Iterate every record; (records, record bytes)."""
+    records = nbytes = 0
+    for count, size in dataset.batch(BATCH).map(_count):
+        records += int(count)
+        nbytes += int(size)
+    return records, nbytes
+
+
+def process_cpu() -> float:
+    """CPU seconds of this process (every thread) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def servers_cpu(cluster: sd.LocalCluster) -> float:
+    """CPU seconds of the SeaweedFS servers so far (from /proc; 0 where unavailable)."""
+    total = 0.0
+    for pid in cluster.pids.values():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class Bench:
+    def __init__(self, cluster: sd.LocalCluster, local: list[str], remote: list[str],
+                 expected: tuple[int, int], tmp: Path) -> None:
+        self.cluster, self.local, self.remote, self.expected = cluster, local, remote, expected
+        self.tmp = tmp
+        self.times: dict[str, list[float]] = {case: [] for case in CASES}
+        self.cpu: dict[str, list[tuple[float, float]]] = {case: [] for case in CASES}
+        self.stats: list[dict[str, int]] = []
+        self.session = requests.Session()
+
+    def timed(self, case: str, run: Callable[[], tuple[int, int] | None]) -> None:
+        gc.collect()
+        cpu, servers = process_cpu(), servers_cpu(self.cluster)
+        start = time.perf_counter()
+        seen = run()
+        self.times[case].append(time.perf_counter() - start)
+        self.cpu[case].append((process_cpu() - cpu, servers_cpu(self.cluster) - servers))
+        if seen is not None and seen != self.expected:
+            raise RuntimeError(f"{case}: read {seen} (records, bytes), expected {self.expected}")
+
+    def local_files(self) -> tuple[int, int]:
+        return consume(tf.data.TFRecordDataset(self.local))
+
+    def download(self) -> tuple[int, int]:
+        with tempfile.TemporaryDirectory(dir=self.tmp) as target:
+            paths = []
+            for path in self.remote:
+                local = os.path.join(target, os.path.basename(path))
+                with self.session.get(self.cluster.filer_url + path, stream=True,
+                                      timeout=300) as response:
+                    response.raise_for_status()
+                    with open(local, "wb") as f:
+                        for piece in response.iter_content(1 << 20):
+                            f.write(piece)
+                paths.append(local)
+            return consume(tf.data.TFRecordDataset(paths))
+
+    def ours(self) -> tuple[int, int]:
+        before = sd.stats()
+        config = sd.Config(master=self.cluster.master_url)
+        seen = consume(TFRecordDataset([self.cluster.filer_url + p for p in self.remote],
+                                       config=config))
+        after = sd.stats()
+        self.stats.append({k: after[k] - before.get(k, 0) for k in after
+                           if after[k] != before.get(k, 0)})
+        return seen
+
+    def engine_only(self) -> None:
+        """The engine's share of (c): whole shards into memory, in order, nothing parsed."""
+        with sd.Client(self.cluster.filer_url, sd.Config(master=self.cluster.master_url)) as c:
+            c.set_hints(self.remote)
+            for path in self.remote:
+                c.read(path)
+
+    def run_round(self, number: int, log: Callable[[str], None]) -> None:
+        runs = (self.local_files, self.download, self.ours, self.engine_only)
+        for case, run in zip(CASES, runs, strict=True):
+            self.timed(case, run)
+            log(f"  round {number}: {case}: {self.times[case][-1]:.2f} s")
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def report(bench: Bench, args: argparse.Namespace, file_bytes: int,
+           setup_s: float) -> tuple[str, dict[str, Any]]:
+    records, payload = bench.expected
+    medians = {case: statistics.median(t) for case, t in bench.times.items()}
+    local, naive = medians[CASES[0]], medians[CASES[1]]
+    lines = [
+        f"# TFRecord shards through tf.data ({args.shards} shards, {file_bytes / 1e6:,.0f} MB, "
+        f"{records:,} records of {MIN_RECORD // 1000}-{MAX_RECORD // 1000} KB)",
+        "",
+        f"Consumer `ds.batch({BATCH})` counting records and bytes in the graph; medians of "
+        f"{args.rounds} interleaved rounds; SeaweedFS (`LocalCluster`) on the same machine "
+        f"({os.cpu_count()} cores); (c) is cold every round (new dataset, clients and caches);"
+        f" python {sys.version.split()[0]}, tensorflow {tf.__version__}.",
+        "",
+        "| case | records/s | MB/s | s (min-max) | CPU s: client / servers | vs (a) local "
+        "| vs (b) download |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    cpu = {case: (statistics.median(c for c, _ in used), statistics.median(s for _, s in used))
+           for case, used in bench.cpu.items()}
+    for case, times in bench.times.items():
+        seconds = medians[case]
+        if case == CASES[3]:
+            lines.append(f"| {case} | - | {file_bytes / seconds / 1e6:,.0f} (file bytes) | "
+                         f"{seconds:.2f} ({min(times):.2f}-{max(times):.2f}) | "
+                         f"{cpu[case][0]:.2f} / {cpu[case][1]:.2f} | - | - |")
+            continue
+        lines.append(f"| {case} | {records / seconds:,.0f} | {payload / seconds / 1e6:,.0f} | "
+                     f"{seconds:.2f} ({min(times):.2f}-{max(times):.2f}) | "
+                     f"{cpu[case][0]:.2f} / {cpu[case][1]:.2f} | {local / seconds:.2f}x | "
+                     f"{naive / seconds:.2f}x |")
+    ours = medians[CASES[2]]
+    lines += ["", "CPU s: client = this process (every thread: tf.data, the Python generator, "
+              "the client's event loop); servers = the SeaweedFS processes (master, volume, "
+              "filer). The reference row is the engine alone: the shards fetched whole into "
+              "memory in order (what (c) must do before parsing a record)."]
+    targets = [("(c) vs (a) local files", local / ours, 0.6),
+               ("(c) vs (b) download then read", naive / ours, 2.5)]
+    lines += ["", "| ratio | measured | target | met |", "|---|---|---|---|"]
+    for label, value, target in targets:
+        lines.append(f"| {label} | {value:.2f}x | >= {target}x | "
+                     f"{'yes' if value >= target else 'NO'} |")
+    lines += ["", f"Setup (generate, write to SeaweedFS and local disk): {setup_s:.1f} s.", "",
+              f"Command: `python benchmarks/tfrecord_bench.py --rounds {args.rounds} "
+              f"--shards {args.shards} --shard-mb {args.shard_mb}`"]
+    data = {
+        "shards": args.shards, "shard_mb": args.shard_mb, "rounds": args.rounds,
+        "records": records, "record_bytes": payload, "file_bytes": file_bytes,
+        "batch": BATCH, "seed": SEED, "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__, "python": sys.version.split()[0],
+        "times_s": bench.times, "median_s": medians,
+        "cpu_s_client_servers": bench.cpu, "median_cpu_s_client_servers": cpu,
+        "records_per_s": {case: records / s for case, s in medians.items() if case != CASES[3]},
+        "mb_per_s": {case: (file_bytes if case == CASES[3] else payload) / s / 1e6
+                     for case, s in medians.items()},
+        "ratios": {label: value for label, value, _ in targets},
+        "targets": {label: target for label, _, target in targets},
+        "seaweed_stats_per_round": bench.stats, "setup_s": setup_s,
+    }
+    return "\n".join(lines) + "\n", data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shard-mb", type=int, default=32)
+    parser.add_argument("--no-write", action="store_true", help="print only, write no results")
+    args = parser.parse_args()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tfrecord-bench-") as tmpdir, \
+            sd.LocalCluster() as cluster:
+        tmp = Path(tmpdir)
+        (tmp / "local").mkdir()
+        t0 = time.perf_counter()
+        with cluster.client() as client:
+            local, remote, records, payload = populate(client, tmp / "local", args.shards,
+                                                       args.shard_mb)
+        setup_s = time.perf_counter() - t0
+        file_bytes = sum(os.path.getsize(p) for p in local)
+        log(f"wrote {args.shards} shards ({file_bytes / 1e6:.0f} MB, {records} records) "
+            f"in {setup_s:.1f} s")
+        bench = Bench(cluster, local, remote, (records, payload), tmp)
+        bench.local_files()  # untimed warm-up: page cache, server caches, tf.data tracing
+        bench.download()
+        for number in range(1, args.rounds + 1):
+            bench.run_round(number, log)
+        markdown, data = report(bench, args, file_bytes, setup_s)
+    data["total_runtime_s"] = time.perf_counter() - started
+    print(markdown)
+    log(f"total runtime {data['total_runtime_s']:.0f} s")
+    if not args.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "tfrecord.json").write_text(json.dumps(data, indent=2) + "\n")
+        (RESULTS / "tfrecord.md").write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()
