@@ -75,9 +75,9 @@ class Trainer:
     MEAN, STD = 0.5, 0.25
 
     def __init__(self, classes: int) -> None:
-        torch.manual_seed(0)
-        torch.set_flush_denormal(True)  # tiny gradients late in training stay fast on CPU
-        self.model = SmallCNN(classes)
+        with torch.random.fork_rng(devices=[]):  # seeded, yet the caller's RNG is untouched
+            torch.manual_seed(0)
+            self.model = SmallCNN(classes)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-3)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
