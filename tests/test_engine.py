@@ -92,6 +92,27 @@ def test_flush_puts_what_was_read_on_the_disk_tier_for_other_processes(cluster, 
     assert stats["bytes_fetched"] == 0 and stats["cache_hits_disk"] == len(paths)
 
 
+def test_hints_on_a_small_directory_know_its_entries_and_its_cached_files(cluster, tmp_path):
+    """Too few files to list their directory: each is looked up, and files already on the
+    disk tier are not fetched again."""
+    files = {f"/engine/small/{i}.bin": os.urandom(5000 + i) for i in range(5)}
+    for path, data in files.items():
+        with cluster.client() as client:
+            client.write(path, data)
+    disk = str(tmp_path / "cache")
+    paths = sorted(files)
+    with cluster.client(disk_cache_dir=disk) as first:
+        first.set_hints(paths)
+        assert [first.read(p) for p in paths] == [files[p] for p in paths]
+        first.flush()
+        assert first.stats()["prefetch_used"] >= len(paths) - 1
+    with cluster.client(disk_cache_dir=disk) as second:
+        second.set_hints(paths)
+        assert [second.read(p) for p in paths] == [files[p] for p in paths]
+        stats = second.stats()
+    assert stats["bytes_fetched"] == 0 and stats["cache_hits_disk"] == len(paths)
+
+
 def test_future_eviction_fetches_less_than_lru_with_half_the_data_cached(cluster, dataset):
     fetched = {}
     for policy in ("lru", "future"):
@@ -125,13 +146,15 @@ def test_random_traversal_without_hints_prefetches_nothing_much(cluster, dataset
     assert stats["bytes_fetched"] <= 1.05 * sum(SIZES)
 
 
-def test_sequential_file_reads_get_readahead(cluster):
+@pytest.mark.parametrize("read_size", [256 * 1024, 4 * 1024 * 1024 + 3])
+def test_sequential_file_reads_get_readahead(cluster, read_size):
+    """Reads larger than the readahead window end short at its edge: still sequential."""
     data = os.urandom(12 * 1024 * 1024 + 5)
     with cluster.client(memory_cache_bytes=0) as client:
         client.write("/engine/seq.bin", data)
         with client.open("/engine/seq.bin") as f:
             pieces = []
-            while piece := f.read(256 * 1024):
+            while piece := f.read(read_size):
                 pieces.append(piece)
         assert b"".join(pieces) == data
         stats = client.stats()

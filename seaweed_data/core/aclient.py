@@ -34,6 +34,8 @@ from .needles import ChunkMissingError, NeedleReader
 from .volumes import NoMasterError, VolumeLocations
 
 log = logging.getLogger(__name__)
+MAX_STATS_AHEAD = 256
+"""Hinted files looked up one by one when announced; later ones when prefetched."""
 T = TypeVar("T")
 
 METADATA_CACHE_ENTRIES = 65536
@@ -92,11 +94,24 @@ class AsyncClient:
         await self.items.extend_hints(paths)
 
     async def _warm(self, paths: Sequence[str]) -> dict[str, Entry]:
-        """Entries of ``paths`` by listing their directories (those it finds)."""
+        """Entries of ``paths``: by listing their directories, then (files of directories
+        too small to list, up to :data:`MAX_STATS_AHEAD`) one lookup each."""
         known = await prefetch_entries(self.filer, paths, self.config)
+        missing = list(dict.fromkeys(p for p in paths if p not in known))[:MAX_STATS_AHEAD]
+        found = await gather_bounded([partial(self._stat_quietly, p) for p in missing],
+                                     self.config.concurrency)
+        known.update({p: e for p, e in zip(missing, found, strict=True) if e is not None})
         for path, entry in known.items():
             self.remember(entry, path)
         return known
+
+    async def _stat_quietly(self, path: str) -> Entry | None:
+        """A hint's entry, or None: its read will raise the real error, if any."""
+        try:
+            return await self.stat(path)
+        except SeaweedDataError as exc:
+            log.debug("cannot look up hinted %s ahead of time: %s", path, exc)
+            return None
 
     # -- masters -----------------------------------------------------------------------------
 

@@ -174,7 +174,13 @@ class ItemReads:
 
     async def _prefetch(self, path: str) -> bytes:
         entry = await self.entry(path)
-        return await self._single_flight(entry, whole_file_key(entry))
+        self._hinted.setdefault(path, entry)
+        key = whole_file_key(entry)
+        if self._cacheable(entry) and self.cache.contains(key):  # the entry was unknown
+            cached = await self.cache.get(key)
+            if cached is not None:
+                return cached
+        return await self._single_flight(entry, key)
 
     def _needs_fetch(self, path: str) -> bool:
         entry = self._hinted.get(path)

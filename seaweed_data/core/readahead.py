@@ -44,10 +44,12 @@ class ReadaheadReader(RawReader):
         position, wanted = self._position, min(len(view), max(0, self.size - self._position))
         if wanted == 0:
             return 0
-        pattern = self._observe(position, wanted)
         data = self._buffered(position, wanted)
         if data is None:
             data = self._read_range(self.entry, position, wanted)
+        # what was served, not what was asked for: a read that ends at the buffer's end is
+        # short, and the next one starts right after it (still sequential)
+        pattern = self._observe(position, len(data))
         view[: len(data)] = data
         self._position += len(data)
         if pattern is Pattern.SEQUENTIAL:
