@@ -174,7 +174,6 @@ class ItemReads:
 
     async def _prefetch(self, path: str) -> bytes:
         entry = await self.entry(path)
-        self._hinted.setdefault(path, entry)
         key = whole_file_key(entry)
         if self._cacheable(entry) and self.cache.contains(key):  # the entry was unknown
             cached = await self.cache.get(key)
