@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import NotDirectoryError, NotFoundError, PermissionDeniedError, ServerError
-from .entry import Entry, parse_entry
+from .entry import Entry, parse_entry, parse_listing
 from .http import Http, Response
 from .location import quote_path
 
@@ -90,10 +90,7 @@ class Filer:
                                        headers=JSON)
         if not response.headers.get("Content-Type", "").startswith("application/json"):
             raise NotDirectoryError(f"Not a directory: {path!r}")
-        body = _json(response, path)
-        entries = [parse_entry(e) for e in body.get("Entries") or ()]
-        more = bool(body.get("ShouldDisplayLoadMore")) and bool(entries)
-        return entries, str(body.get("LastFileName") or ""), more
+        return parse_listing(_json(response, path), path)
 
     async def list_all(self, path: str) -> AsyncIterator[Entry]:
         """Every entry of a directory, page after page (``lastFileName`` pagination)."""
@@ -110,6 +107,7 @@ class Filer:
         headers = {"Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}
         response = await self._request("GET", path, "reading", headers=headers)
         body = response.body
+        self._http.counters.add("bytes_fetched", len(body))
         if response.status == 200:
             body = body[start:stop]
         return body
