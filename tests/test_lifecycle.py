@@ -132,3 +132,27 @@ def test_repr_and_stats():
     assert set(sd.stats()) >= {"bytes_fetched", "requests", "cache_hits", "cache_misses",
                                "prefetch_issued", "prefetch_used", "prefetch_wasted"}
     client.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_finalized_client_never_waits_for_the_loop_thread(cluster):
+    """GC may finalize a client anywhere, e.g. while this thread holds the import lock that
+    the loop thread needs: __del__ must hand the close over, not wait for it."""
+    client = cluster.client()
+    client.read_many([])  # start its core on the loop thread
+    held = threading.Lock()
+    held.acquire()
+    blocked = threading.Event()
+
+    def block_the_loop() -> None:
+        blocked.set()
+        held.acquire()  # the loop thread waits for a lock this thread holds
+        held.release()
+
+    LOOP.post(block_the_loop)
+    assert blocked.wait(10)
+    client.__del__()  # with a waiting close, this would never return
+    held.release()
+    assert client._closed
+    with sd.Client(cluster.filer_url, sd.Config(master=cluster.master_url)) as other:
+        assert other.listdir("/") is not None  # the loop serves new clients afterwards

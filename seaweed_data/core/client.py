@@ -256,9 +256,15 @@ class Client:
     def __del__(self) -> None:
         if sys.is_finalizing():  # the loop thread may be frozen already; the OS closes sockets
             return
-        if not getattr(self, "_closed", True) and getattr(self, "_pid", 0) == os.getpid():
-            with contextlib.suppress(Exception):  # interpreter shutdown: nothing to do
-                self.close()
+        if getattr(self, "_closed", True) or getattr(self, "_pid", 0) != os.getpid():
+            return
+        # A finalizer must not wait for the loop thread: it may run anywhere, even while this
+        # thread holds the import lock the loop thread needs. Close there, without waiting.
+        self._closed = True
+        core, self._core = self._core, None
+        if core is not None:
+            with contextlib.suppress(Exception):
+                LOOP.release_soon(core.close())
 
     def __getstate__(self) -> dict[str, Any]:
         return {"filer": self.filer, "config": self.config}

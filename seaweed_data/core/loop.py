@@ -53,6 +53,23 @@ class LoopThread:
             thread.join()
             loop.close()
 
+    def release_soon(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Run ``coro`` (a cleanup) on the loop and unregister one user, without waiting or
+        joining anything: safe in a finalizer, which may run while this thread holds a lock
+        (the import lock, say) that the loop thread needs."""
+        with self._lock:
+            loop = self._loop
+            self._users -= 1
+            last = self._users <= 0 and loop is not None
+            if last:
+                self._loop = self._thread = None
+        if loop is None:
+            coro.close()
+            return
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        if last:  # stop once the cleanup is done; the daemon thread then ends by itself
+            future.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+
     @property
     def users(self) -> int:
         return self._users
