@@ -109,12 +109,20 @@ def load_pt(data: bytes, path: str, *, weights_only: bool = True) -> Sequence[An
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        if _refused(exc):
             raise pickle.UnpicklingError(f"{path}: {exc}") from exc
         raise _unreadable(path, data, exc) from exc
     except Exception as exc:  # torch reports a truncated zip as RuntimeError, others vary
         raise _unreadable(path, data, exc) from exc
     return _samples_of(loaded, path)
+
+
+def _refused(exc: pickle.UnpicklingError) -> bool:
+    """Whether ``weights_only`` refused a well-formed pickle (a class it does not allow), as
+    opposed to bytes that are no pickle at all: garbage fails on an opcode ("Unsupported
+    operand"), which the weights-only unpickler reports in the same words otherwise."""
+    message = str(exc)
+    return "Weights only load failed" in message and "Unsupported operand" not in message
 
 
 def _unreadable(path: str, data: bytes, exc: BaseException) -> CorruptDataError:

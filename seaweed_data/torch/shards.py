@@ -17,6 +17,7 @@ from ..core.client import Client
 from ..core.job_metrics import JobMetrics
 from ..core.location import has_glob
 from ..core.metrics import Counters
+from ..core.records import COMPRESSIONS
 from ..errors import CorruptDataError, NotFoundError
 from . import shard_process
 from .shard_formats import Report, load_pt, resolve_paths, shard_format, tfrecord_samples
@@ -114,7 +115,7 @@ class ShardDataset(IterableDataset[Any]):
                  client: Client | None = None, shuffle_buffer: int = 1000,
                  equal_per_rank: bool = False, on_error: Literal["raise", "skip"] = "raise",
                  weights_only: bool = True, compression: str | None = None) -> None:
-        _check_options(prefetch, shuffle_buffer, on_error, seed)
+        _check_options(prefetch, shuffle_buffer, on_error, seed, compression)
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.prefetch = prefetch
@@ -384,7 +385,8 @@ class ShardDataset(IterableDataset[Any]):
         track(self)
 
 
-def _check_options(prefetch: int, shuffle_buffer: int, on_error: str, seed: int) -> None:
+def _check_options(prefetch: int, shuffle_buffer: int, on_error: str, seed: int,
+                   compression: str | None) -> None:
     for name, value, low in (("prefetch", prefetch, 0), ("shuffle_buffer", shuffle_buffer, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -392,6 +394,10 @@ def _check_options(prefetch: int, shuffle_buffer: int, on_error: str, seed: int)
         raise ValueError(f"seed must be an int, got {seed!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if compression is not None and (not isinstance(compression, str)
+                                    or compression.upper() not in COMPRESSIONS):
+        raise ValueError(
+            f"compression must be None, '', 'GZIP' or 'ZLIB', got {compression!r}")
 
 
 def _quiet_report(kind: Literal["sample", "shard"], error: CorruptDataError) -> None:
