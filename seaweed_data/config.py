@@ -52,8 +52,9 @@ class Config:
     """Seconds a volume server may take to start answering before we fail over."""
     pipelining: bool = True
     """Send small needle reads pipelined (HTTP/1.1) on a few connections per volume server."""
-    retries: int = 5
-    """Attempts after the first for transient errors (reset, 5xx, 429/503)."""
+    retries: int = 8
+    """Attempts after the first for transient errors (reset, 5xx, 429/503); with the default
+    backoff they span 4-7 s, as long as a filer restart."""
     backoff_base: float = 0.05
     backoff_max: float = 2.0
     max_connections: int = 64

@@ -367,9 +367,6 @@ def test_filer_restart_mid_epoch_of_a_shard_dataset(restartable: LocalCluster,
         ds.close()
 
 
-@pytest.mark.xfail(strict=True, raises=sd.UnreachableError, reason=(
-    "Http.request retries a refused connection Config.retries=5 times with backoff from "
-    "0.05 s: 0.8-1.55 s in all, shorter than a filer restart; see the report of issue #6"))
 def test_a_filer_down_for_two_seconds_outlasts_the_default_retries(
         restartable: LocalCluster, restart_data: dict[str, Any]) -> None:
     path = sorted(restart_data["files"])[0]
@@ -426,10 +423,6 @@ def test_master_down_known_volumes_are_read_from_cached_locations(
             assert time.monotonic() - start < BATCH_BOUND_S
 
 
-@pytest.mark.xfail(strict=True, raises=(sd.UnreachableError, sd.NotFoundError), reason=(
-    "VolumeLocations._fetch gives a new lookup only Http.request's retries (~1-1.5 s with "
-    "the default Config) while the master is down, and a restarted master answers 'volume "
-    "not found' until the volume servers' heartbeats reach it; see the report of issue #6"))
 def test_master_restart_new_lookups_wait_until_it_is_back(
         restartable: LocalCluster, restart_data: dict[str, Any],
         volume_groups: tuple[list[str], list[str]]) -> None:

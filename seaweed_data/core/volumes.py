@@ -13,6 +13,7 @@ read key; the token is reused for half of the time it has left.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 MasterSource = Callable[[], Awaitable[list[str]]]
 UNDATED_TOKEN_SECONDS = 5.0
+STALE_GRACE_S = 5.0
+"""Last known locations, used while no master answers, are reused this long unasked."""
+MASTER_RECOVERY_S = 60.0
+"""After a master was unreachable, 'volume not found' is retried this long (it may just
+not have heard from the volume servers yet)."""
 """How long a master's token without ``exp`` is reused."""
 
 
@@ -47,6 +53,7 @@ class VolumeLocations:
         self._pending: dict[str, asyncio.Future[list[str]]] = {}
         self._bad_until: dict[str, float] = {}
         self._read_tokens: LRU[str, tuple[float, str | None]] = LRU(TOKEN_CACHE_ENTRIES)
+        self._master_failed_at = -MASTER_RECOVERY_S
 
     async def lookup(self, volume_id: str, path: str = "") -> list[str]:
         """Servers (``host:port``) holding ``volume_id``, healthy ones first."""
@@ -66,29 +73,58 @@ class VolumeLocations:
             future.exception()  # retrieved even if every waiter was cancelled meanwhile
 
     async def _fetch(self, volume_id: str, path: str) -> list[str]:
+        """Ask the masters; while none answers (a restart: a new leader can take ~15 s), keep
+        asking until ``read_timeout``, or fall back to the last known locations at once."""
         masters = await self._masters()
         if not masters:
             raise NoMasterError()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.read_timeout
+        for attempt in itertools.count():
+            error = await self._ask_each(masters, volume_id, path)
+            if error is None:
+                return self._cache[volume_id][1]
+            stale = self._cache.get(volume_id)
+            if stale:
+                log.warning("master unreachable (%s); using cached locations of volume %s",
+                            error, volume_id)
+                # keep using them for a moment instead of waiting on the master per read
+                self._cache[volume_id] = (
+                    time.monotonic() - self._config.location_ttl + STALE_GRACE_S, stale[1])
+                return stale[1]
+            if not self._worth_waiting(error) or loop.time() >= deadline:
+                raise error
+            await asyncio.sleep(min(self._http.backoff(attempt), deadline - loop.time()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ask_each(self, masters: list[str], volume_id: str,
+                        path: str) -> Exception | None:
+        """Ask the masters in turn; caches and returns None on the first answer, else
+        returns the last error."""
         error: Exception | None = None
         for master in masters:
             try:
                 servers = await self._ask(master, volume_id, path)
-            except (TransportError, ServerError) as exc:
+            except (TransportError, ServerError, NotFoundError) as exc:
+                if isinstance(exc, TransportError):
+                    self._master_failed_at = time.monotonic()
                 error = exc
                 continue
             self._cache[volume_id] = (time.monotonic(), servers)
-            return servers
-        stale = self._cache.get(volume_id)
-        if stale:
-            log.warning("master unreachable (%s); using cached locations of volume %s",
-                        error, volume_id)
-            return stale[1]
-        assert error is not None
-        raise error
+            return None
+        return error
+
+    def _worth_waiting(self, error: Exception) -> bool:
+        """A master that is down comes back; one that just came back does not know every
+        volume until the volume servers' heartbeats reach it."""
+        if not isinstance(error, NotFoundError):
+            return True
+        return time.monotonic() - self._master_failed_at < MASTER_RECOVERY_S
 
     async def _ask(self, master: str, volume_id: str, path: str) -> list[str]:
+        """One try (:meth:`_fetch` retries, so that it sees why a master failed)."""
         url = f"{master}/dir/lookup"
-        response = await self._http.request("GET", url, kind="master",
+        response = await self._http.request("GET", url, kind="master", retries=0,
                                             params={"volumeId": volume_id})
         try:
             body = json.loads(response.body or b"{}")
