@@ -107,9 +107,15 @@ class Ledger:
                 used, freed = self._make_room(fd, size, recount=last_try)
                 evicted += freed
                 if used + size <= self._capacity:
-                    temp = self._layout.new_temp(size)
-                    temp_fd = open_private_file(temp, os.O_WRONLY | os.O_EXCL)
+                    # Recorded before the temp file exists: a writer killed in between
+                    # leaves the ledger high (a recount fixes that), never low.
                     _write(fd, used + size)
+                    temp = self._layout.new_temp(size)
+                    try:
+                        temp_fd = open_private_file(temp, os.O_WRONLY | os.O_EXCL)
+                    except OSError:
+                        _write(fd, used)
+                        raise
                     return Reservation(temp_fd, temp, size, evicted)
             if not last_try:
                 self._refill_candidates(size)
