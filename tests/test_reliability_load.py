@@ -262,6 +262,7 @@ import os, sys
 from seaweed_data.core.cache.keys import BlockKey
 from seaweed_data.core.cache.memory import MemoryTier
 from seaweed_data.core.cache.policy import make_policy
+from seaweed_data.core.cache.tiered import ENTRY_OVERHEAD_BYTES
 
 def rss():
     with open("/proc/self/status") as f:
@@ -269,7 +270,7 @@ def rss():
 
 policy, capacity, size = sys.argv[1], 8 << 20, 1024
 paths = [f"/t/load/c{i % 20:02d}/{i:05d}.jpg" for i in range(3 * capacity // size)]
-tier = MemoryTier(capacity, make_policy(policy))
+tier = MemoryTier(capacity, make_policy(policy), entry_overhead=ENTRY_OVERHEAD_BYTES)
 tier.set_future(paths + paths)
 before = rss()
 for path in paths:  # three times the capacity: full, then evicting
@@ -280,13 +281,7 @@ print((rss() - before) / capacity)
 """
 
 
-@pytest.mark.parametrize("eviction", [
-    "lru",
-    pytest.param("future", marks=pytest.mark.xfail(strict=True, reason=(
-        "FutureAwareEviction keeps ~0.4 KiB of bookkeeping per cached item (a dict of its "
-        "keys, heap tuples, next-use entries) that MemoryTier does not charge to "
-        "memory_cache_bytes: 1.5x the budget for 1 KiB files; see the report of issue #6"))),
-])
+@pytest.mark.parametrize("eviction", ["lru", "future"])
 def test_memory_tier_rss_of_1kib_entries_is_within_its_budget_plus_20_percent(
         eviction: str) -> None:
     """A clean process fills an 8 MiB tier three times over with 1 KiB entries; its RSS may

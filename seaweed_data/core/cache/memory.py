@@ -36,11 +36,13 @@ class MemoryTier:
     (so that admission compares the item's *following* use, not the read in progress).
     """
 
-    def __init__(self, capacity_bytes: int, policy: EvictionPolicy) -> None:
+    def __init__(self, capacity_bytes: int, policy: EvictionPolicy, *,
+                 entry_overhead: int = 0) -> None:
         if capacity_bytes < 0:
             raise ConfigError(f"memory cache capacity must be >= 0 bytes, got {capacity_bytes}")
         self._capacity = capacity_bytes
         self._policy = policy
+        self._overhead = entry_overhead  # bookkeeping per entry, charged to the budget
         # The count bound is unused: the byte budget below decides what stays.
         self._entries: LRU[BlockKey, Value] = LRU(sys.maxsize)
         self._used = 0
@@ -55,7 +57,7 @@ class MemoryTier:
 
     @property
     def used_bytes(self) -> int:
-        """Bytes stored now (always ``<= capacity_bytes``)."""
+        """Bytes charged now: values plus the per-entry overhead (always ``<= capacity_bytes``)."""
         return self._used
 
     @property
@@ -79,7 +81,7 @@ class MemoryTier:
 
         An existing value of ``key`` is replaced (and is gone even if the new one is refused).
         """
-        size = _nbytes(value)
+        size = _nbytes(value) + self._overhead
         with self._lock:
             if key in self._entries:
                 self._drop(key)
@@ -166,7 +168,7 @@ class MemoryTier:
     def _drop(self, key: BlockKey) -> None:
         value = self._entries[key]
         del self._entries[key]
-        self._used -= _nbytes(value)
+        self._used -= _nbytes(value) + self._overhead
         self._policy.removed(key)
 
     def _after_fork(self) -> None:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .disk import DiskTier
 
 OFFLOAD_BYTES = 1 << 20
+ENTRY_OVERHEAD_BYTES = 512
+"""What an entry costs besides its bytes (key, LRU node, the eviction policy's bookkeeping),
+charged to ``memory_cache_bytes`` so that many small files keep to the budget too."""
 MAX_PENDING_WRITES = 64
 
 
@@ -33,7 +36,8 @@ class TieredCache:
     """Blocks of files by :class:`BlockKey`; hints steer the memory tier's eviction."""
 
     def __init__(self, config: Config, counters: Counters) -> None:
-        self.memory = MemoryTier(config.memory_cache_bytes, make_policy(config.eviction))
+        self.memory = MemoryTier(config.memory_cache_bytes, make_policy(config.eviction),
+                                 entry_overhead=ENTRY_OVERHEAD_BYTES)
         self.disk: DiskTier | None = None
         self._writer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="seaweed_data-disk")
