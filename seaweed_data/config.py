@@ -8,11 +8,13 @@ environment is read. Sizes accept plain integers or units: ``512MiB``, ``2GB``, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -98,11 +100,7 @@ class Config:
             elif value is not None and not isinstance(value, str):
                 raise ConfigError(f"Config.{name} must be a path, got {value!r}")
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", "float", "int | None") and value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
-                raise ConfigError(f"Config.{f.name} must be a number, got {value!r}")
+            self._check_number(f.name, str(f.type), getattr(self, f.name))
         positive = ("connect_timeout", "read_timeout", "volume_timeout", "max_connections",
                     "concurrency", "chunk_concurrency", "list_page_size",
                     "per_server_concurrency", "backoff_base", "backoff_max",
@@ -119,9 +117,24 @@ class Config:
         if self.eviction not in EVICTION_POLICIES:
             raise ConfigError(
                 f"Config.eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
-        if self.master is not None and not re.match(r"^https?://[^/]+/?$", self.master):
+        if self.master is not None and not _is_master_url(self.master):
             raise ConfigError(
                 f"Config.master must look like http://host:port, got {self.master!r}")
+        if self.filer_grpc_port is not None and not 0 < self.filer_grpc_port < 65536:
+            raise ConfigError(f"Config.filer_grpc_port must be a port (1-65535), got "
+                              f"{self.filer_grpc_port!r}")
+
+    @staticmethod
+    def _check_number(name: str, kind: str, value: object) -> None:
+        """Integer options take integers, float options any finite number."""
+        if kind not in ("int", "float", "int | None") or value is None:
+            return
+        if kind != "float" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"Config.{name} must be an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"Config.{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"Config.{name} must be a finite number, got {value!r}")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some options changed (validated again)."""
@@ -140,6 +153,17 @@ class Config:
                 values[f.name] = _convert(f.name, str(f.type), raw)
         values.update(overrides)
         return cls(**values)
+
+
+def _is_master_url(url: str) -> bool:
+    """``http(s)://host[:port][/]`` with a real port number."""
+    if not re.match(r"^https?://[^/]+/?$", url):
+        return False
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return True
 
 
 def _normalize_master(value: str) -> str:

@@ -473,16 +473,12 @@ def test_bad_shard_options_fail_in_the_constructor(options: dict[str, Any],
         ShardDataset(f"http://127.0.0.1:{free_port()}/data/x.tfrecord", **options)
 
 
-@pytest.mark.xfail(strict=True, reason="SeaweedImageFolder turns prefetch into "
-                   "max(1, prefetch) without validating it; see the report of issue #6")
 @pytest.mark.parametrize("prefetch", [-1, 2.5, "8"])
 def test_bad_folder_prefetch_is_refused(prefetch: Any) -> None:
     with pytest.raises(ValueError, match="prefetch"):
         SeaweedImageFolder(f"http://127.0.0.1:{free_port()}/data", prefetch=prefetch)
 
 
-@pytest.mark.xfail(strict=True, reason="Config.__post_init__ accepts floats for integer "
-                   "options, NaN, and ports out of range; see the report of issue #6")
 @pytest.mark.parametrize("options", [
     {"retries": 2.5}, {"memory_cache_bytes": 1.5}, {"read_timeout": float("nan")},
     {"disk_cache_bytes": float("nan")}, {"filer_grpc_port": 70000},

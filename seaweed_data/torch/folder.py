@@ -31,7 +31,7 @@ from ..core.client import Client
 from ..core.job_metrics import JobMetrics
 from ..core.location import parse_location
 from ..core.metrics import PROCESS, Counters
-from ..errors import CorruptDataError, NotFoundError
+from ..errors import ConfigError, CorruptDataError, NotFoundError
 from .announce import Announcement, Channel, Order, worker_share
 from .listing import list_image_folder
 
@@ -87,6 +87,8 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self.transform = transform
         self.target_transform = target_transform
         self.loader = loader or pil_loader
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         self.prefetch = prefetch
         self.config = (config or Config.from_env()).replace(prefetch_items=max(1, prefetch))
         self._client = client
