@@ -47,20 +47,23 @@ def list_image_folder(client: Client, root: str, is_valid: Callable[[str], bool]
 
 
 async def _walk_classes(core: AsyncClient, root: str, classes: list[str]) -> list[list[Entry]]:
-    bar = tqdm(total=len(classes), desc=f"listing {root}", unit="class",
-               disable=len(classes) < PROGRESS_MIN_CLASSES)
+    # Only a bar that shows is created: even a disabled one may start tqdm's monitor thread.
+    bar = (tqdm(total=len(classes), desc=f"listing {root}", unit="class")
+           if len(classes) >= PROGRESS_MIN_CLASSES else None)
     semaphore = asyncio.Semaphore(16)
 
     async def one(name: str) -> list[Entry]:
         async with semaphore:
             files = await _walk_files(core, posixpath.join(root, name))
-        bar.update()
+        if bar is not None:
+            bar.update()
         return files
 
     try:
         return list(await asyncio.gather(*(one(name) for name in classes)))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 async def _walk_files(core: AsyncClient, top: str) -> list[Entry]:
