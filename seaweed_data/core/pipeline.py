@@ -117,6 +117,7 @@ class _Server:
         self.host, self.port, self.where = host, port, f"{host}:{port}"
         self.connect_timeout = connect_timeout
         self.connections: list[_Connection] = []
+        self.readers: set[asyncio.Task[None]] = set()  # every connection's, until it ends
         self._opening: asyncio.Future[_Connection] | None = None
 
     async def connection(self) -> _Connection:
@@ -145,6 +146,8 @@ class _Server:
             raise UnreachableError(f"cannot connect to {self.where} ({reason})") from None
         connection = _Connection(reader, writer, self.where)
         self.connections.append(connection)
+        self.readers.add(connection.task)
+        connection.task.add_done_callback(self.readers.discard)
         return connection
 
 
@@ -188,12 +191,13 @@ class Pipelines:
 
     async def close(self) -> None:
         connections = [c for s in self._servers.values() for c in s.connections]
+        readers = [t for s in self._servers.values() for t in s.readers]
         self._servers.clear()
         for connection in connections:
             connection.abort(ConnectionLost("client closed"))
-        for connection in connections:
+        for reader in readers:  # also those of connections dropped earlier, still ending
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connection.task
+                await reader
 
     def abandon_after_fork(self, keep_alive: list[object]) -> None:
         """In a forked child: close our copies of the sockets without touching the parent's
