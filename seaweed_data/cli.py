@@ -156,12 +156,16 @@ def _server(args: argparse.Namespace) -> int:
     from .core.cluster import LocalCluster
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C and SIGTERM only set the event: no KeyboardInterrupt lands in the middle of
+    # starting or stopping the cluster.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _serve(LocalCluster(volumes=args.volumes, replication=args.replication,
                                    s3=args.s3, base_dir=args.dir), stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _serve(cluster: LocalCluster, stop: threading.Event) -> int:

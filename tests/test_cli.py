@@ -400,7 +400,7 @@ def test_serve_in_process_prints_urls_and_stops(capsys):
     assert f"export SEAWEED_FILER={cluster.filer_url}" in out
     assert "volume0 http://127.0.0.1:" in out and out.rstrip().endswith("stopping ...")
     assert not cluster.running
-    before = signal.getsignal(signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     assert main(["server", "--volumes", "0"]) == 1  # a bad option is reported, not raised
     assert "volumes must be a positive integer" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored

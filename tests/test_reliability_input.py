@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import pickle
+import random
 import socket
 import struct
 import threading
@@ -122,7 +123,9 @@ def bad_tfrecords(cluster: LocalCluster, root: str) -> dict[str, str]:
         paths["gzip-cut"] = f"{root}/tfrecord/gzip-cut.tfrecord.gz"
         client.write(paths["gzip-cut"], compressed[: len(compressed) * 2 // 3])
         paths["gzip-garbage"] = f"{root}/tfrecord/gzip-garbage.tfrecord.gz"
-        client.write(paths["gzip-garbage"], compressed[:20] + os.urandom(200) + compressed[220:])
+        # seeded: some garbage still inflates, and then a record's CRC catches it instead
+        garbage = random.Random(1).randbytes(200)
+        client.write(paths["gzip-garbage"], compressed[:20] + garbage + compressed[220:])
     return paths
 
 
