@@ -84,10 +84,12 @@ def measure(cluster: sd.LocalCluster, args: argparse.Namespace) -> dict[str, lis
         paths = populate(client, args.files, args.file_bytes, args.big_bytes)
     big_url = f"{filer}/bench/big.bin"
     # No cache: every round must fetch from the servers, as the peers do.
-    with cluster.client(memory_cache_bytes=0) as ours:
+    with cluster.client(memory_cache_bytes=0) as ours, \
+            cluster.client(memory_cache_bytes=0, pipelining=False) as unpipelined:
         cases: dict[str, Callable[[], object]] = {
             "a: naive requests loop": lambda: naive_loop(filer, paths),
             "a: Client.read_many": lambda: ours_many(ours, paths),
+            "a: Client.read_many, pipelining off": lambda: ours_many(unpipelined, paths),
             "b: curl -> tmpfs -> bytes": lambda: curl_to_tmpfs(big_url, args.big_bytes, True),
             "b: curl -> tmpfs file": lambda: curl_to_tmpfs(big_url, args.big_bytes, False),
             "b: curl -> /dev/null": lambda: curl_devnull(big_url),
@@ -109,6 +111,9 @@ def report(times: dict[str, list[float]], args: argparse.Namespace) -> str:
     rows = [
         ("a: naive requests loop", f"{args.files / med['a: naive requests loop']:,.0f} files/s",
          "1.00x"),
+        ("a: Client.read_many, pipelining off",
+         f"{args.files / med['a: Client.read_many, pipelining off']:,.0f} files/s",
+         f"{med['a: naive requests loop'] / med['a: Client.read_many, pipelining off']:.2f}x"),
         ("a: Client.read_many", f"{args.files / med['a: Client.read_many']:,.0f} files/s",
          f"{med['a: naive requests loop'] / med['a: Client.read_many']:.2f}x"),
     ]
