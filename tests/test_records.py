@@ -9,27 +9,17 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shard_files import framed
 
 import seaweed_data as sd
 from seaweed_data.core.records import (
     crc32c,
     crc32c_pure,
-    encode_record,
     iter_records,
     write_records,
 )
 
 records_strategy = st.lists(st.binary(max_size=300), max_size=8)
-
-
-def framed(records: list[bytes]) -> tuple[bytes, list[int]]:
-    """The file and the byte offset of each record in it."""
-    offsets, parts, at = [], [], 0
-    for record in records:
-        offsets.append(at)
-        parts.append(encode_record(record))
-        at += len(parts[-1])
-    return b"".join(parts), offsets
 
 
 def read_all(data: bytes, compression: str | None = None) -> list[bytes]:

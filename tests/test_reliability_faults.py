@@ -12,7 +12,6 @@ flaky filer link, a hung filer); this file takes them to the dataset level, with
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 from proxy import FaultProxy
+from shard_files import pt_bytes
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 import seaweed_data as sd
@@ -287,12 +287,6 @@ def restart_data(restartable: LocalCluster) -> dict[str, Any]:
             client.write(path, pt_bytes(samples))
             shards[path] = samples
     return {"root": root, "files": files, "shards": shards}
-
-
-def pt_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 class FilerOutage:

@@ -29,31 +29,16 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from shard_files import framed, pt_bytes
 from torch.utils.data import DataLoader
 
 import seaweed_data as sd
 from seaweed_data.core.cluster import LocalCluster
-from seaweed_data.core.records import encode_record, masked_crc
+from seaweed_data.core.records import masked_crc
 from seaweed_data.torch import SeaweedImageFolder, ShardDataset
 from seaweed_data.torch.folder import pil_loader
 
 RECORDS = [f"record-{i}-".encode() * (i + 3) for i in range(6)]
-
-
-def framed(records: list[bytes]) -> tuple[bytes, list[int]]:
-    """A TFRecord file and the byte offset of each record in it."""
-    offsets, parts, at = [], [], 0
-    for record in records:
-        offsets.append(at)
-        parts.append(encode_record(record))
-        at += len(parts[-1])
-    return b"".join(parts), offsets
-
-
-def pt_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def png(seed: int) -> bytes:

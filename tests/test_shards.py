@@ -22,10 +22,11 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shard_files import framed, pt_bytes
 from torch.utils.data import DataLoader
 
 import seaweed_data as sd
-from seaweed_data.core.records import encode_record, write_records
+from seaweed_data.core.records import write_records
 from seaweed_data.torch import ShardDataset, shard_process
 from seaweed_data.torch.shard_formats import Rows, load_pt, shard_format
 from seaweed_data.torch.shard_plan import Slot, epoch_order, equal_share, slot_share, water_fill
@@ -121,22 +122,6 @@ def test_state_round_trip_and_its_checks():
 
 
 # -- shards on the cluster -------------------------------------------------------------------
-
-
-def framed(records: list[bytes]) -> tuple[bytes, list[int]]:
-    """A TFRecord file and the byte offset of each record in it."""
-    offsets, parts, at = [], [], 0
-    for record in records:
-        offsets.append(at)
-        parts.append(encode_record(record))
-        at += len(parts[-1])
-    return b"".join(parts), offsets
-
-
-def pt_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def tfrecord_bytes(records: list[bytes], compression: str | None = None) -> bytes:

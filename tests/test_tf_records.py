@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shard_files import framed
 
 tf = pytest.importorskip("tensorflow")
 
@@ -267,21 +268,15 @@ def offsets(records: list[bytes]) -> list[int]:
     return starts
 
 
-def framed(records: list[bytes]) -> bytes:
-    out = io.BytesIO()
-    write_records(out, records)
-    return out.getvalue()
-
-
 @pytest.mark.parametrize("position", [0, 1])
 def test_a_corrupt_record_names_the_file_and_offset(cluster, unique_dir, position):
     """The corrupt file streams (position 0) or arrives prefetched (position 1)."""
     records = [b"a" * 100, b"b" * 50, b"c" * 70]
-    data = bytearray(framed(records))
+    data = bytearray(framed(records)[0])
     bad_at = offsets(records)[2]
     data[bad_at + 12 + 5] ^= 0xFF
     with cluster.client() as client:
-        client.write(f"{unique_dir}/good.tfrecord", framed([b"x"]))
+        client.write(f"{unique_dir}/good.tfrecord", framed([b"x"])[0])
         client.write(f"{unique_dir}/bad.tfrecord", bytes(data))
     names = [f"{cluster.filer_url}{unique_dir}/{n}.tfrecord" for n in ("good", "bad")]
     bad_name = names.pop(1)
@@ -299,7 +294,7 @@ def test_a_corrupt_record_names_the_file_and_offset(cluster, unique_dir, positio
 
 def test_truncated_and_corrupt_compressed_files(cluster, unique_dir):
     records = [b"r" * 300, b"s" * 200]
-    cut = framed(records)[:offsets(records)[1] + 30]
+    cut = framed(records)[0][:offsets(records)[1] + 30]
     zipped = io.BytesIO()
     write_records(zipped, records, compression="GZIP")
     with cluster.client() as client:
@@ -406,7 +401,7 @@ def test_files_opened_out_of_order_are_claimed_in_announced_order(cluster, shard
        st.integers(0, 10**6), st.sampled_from([1, 16, 200, 1 << 22]),
        st.sampled_from([1, 100, 1 << 22]))
 def test_framing_fast_path_matches_iter_records(records, damage, where, window, max_bytes):
-    data = bytearray(framed(records))
+    data = bytearray(framed(records)[0])
     if damage == "flip" and data:
         data[where % len(data)] ^= 0x10
     elif damage == "cut" and data:
@@ -436,7 +431,7 @@ def collect(records: Any) -> tuple[list[bytes], str | None]:
 
 
 def test_a_file_that_changes_while_read_is_reported():
-    data = framed([b"a" * 10, b"b" * 10])
+    data = framed([b"a" * 10, b"b" * 10])[0]
     damaged = data[:-1] + bytes([data[-1] ^ 1])
     with pytest.raises(sd.CorruptDataError, match="changed while it was read"):
         list(framing.frame_batches(io.BytesIO(damaged), "/f", lambda: io.BytesIO(data)))
@@ -458,7 +453,7 @@ def test_record_source_batches_streamed_prefetched_and_compressed(cluster, shard
         shards.records["gzip"][1]
     bad = shards.remote["plain"][0].replace("part-0", "direct-bad")
     with cluster.client() as client:
-        client.write(clients.locate(bad)[1], framed([b"q" * 40])[:-1] + b"\0")
+        client.write(clients.locate(bad)[1], framed([b"q" * 40])[0][:-1] + b"\0")
     with pytest.raises(sd.CorruptDataError, match="record at byte offset 0: corrupt record"):
         list(source.batches(np.int64(0), bad.encode()))
     assert [len(b) for b in record_batches([b"x"] * 5, max_records=2)] == [2, 2, 1]
