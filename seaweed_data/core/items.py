@@ -175,8 +175,8 @@ class ItemReads:
     async def _prefetch(self, path: str) -> bytes:
         entry = await self.entry(path)
         key = whole_file_key(entry)
-        if self._cacheable(entry) and self.cache.contains(key):  # the entry was unknown
-            cached = await self.cache.get(key)
+        if self._cacheable(entry):  # cached after all (its entry was not known at hint time)
+            cached = await self.cache.get(key, count_miss=False)
             if cached is not None:
                 return cached
         return await self._single_flight(entry, key)

@@ -58,10 +58,10 @@ class TieredCache:
         """Whether a tier holds ``key`` (on disk: a file by that name, not yet verified)."""
         return key in self.memory or (self.disk is not None and self.disk.has(key.digest))
 
-    async def get(self, key: BlockKey) -> bytes | None:
+    async def get(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
         if key.size > OFFLOAD_BYTES:
-            return await asyncio.to_thread(self.get_now, key)
-        return self.get_now(key)
+            return await asyncio.to_thread(self.get_now, key, count_miss=count_miss)
+        return self.get_now(key, count_miss=count_miss)
 
     def get_now(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
         """:meth:`get` in the calling thread (any thread): memory, then disk (promoted).
