@@ -13,56 +13,10 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
+from scripted import HANG_UP, Script, ScriptedServer, ok
 
 from seaweed_data.core.pipeline import Pipelines
 from seaweed_data.errors import RequestTimeoutError, TransportError, UnreachableError
-
-# A script answers one request (its target) with raw bytes, or None to hang up at once;
-# bytes ending in HANG_UP are sent (without it), then the connection is closed.
-Script = Callable[[str, int], bytes | None]
-HANG_UP = b"<hang up>"
-
-
-def ok(body: bytes, extra: str = "") -> bytes:
-    return (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
-
-
-class ScriptedServer:
-    """Reads pipelined GETs and answers each with ``script(target, n)`` (n counts requests
-    over all connections)."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.requests = 0
-        self.connections = 0
-        self.server: asyncio.base_events.Server | None = None
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                target = head.split(b" ")[1].decode()
-                self.requests += 1
-                answer = self.script(target, self.requests)
-                if answer is None:
-                    break
-                writer.write(answer.removesuffix(HANG_UP))
-                await writer.drain()
-                if answer.endswith(HANG_UP):
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 def run(script: Script, body: Callable[[Pipelines, str, ScriptedServer], Awaitable[None]]) -> None:

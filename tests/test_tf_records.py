@@ -26,7 +26,7 @@ from seaweed_data.core.records import iter_records, write_records  # noqa: E402
 from seaweed_data.tf import TFRecordDataset, framing  # noqa: E402
 from seaweed_data.tf.clients import SourceClients  # noqa: E402
 from seaweed_data.tf.paths import glob_matches  # noqa: E402
-from seaweed_data.tf.records import RecordSource, record_batches  # noqa: E402
+from seaweed_data.tf.records import RecordSource, record_windows  # noqa: E402
 from seaweed_data.tf.shard_reads import ShardReads  # noqa: E402
 
 
@@ -414,8 +414,9 @@ def test_framing_fast_path_matches_iter_records(records, damage, where, window, 
 
     expected, expected_error = collect(iter_records(io.BytesIO(bytes(data)), path="/f"))
     with patch.object(framing, "WINDOW", window):
-        got, error = collect(r for batch in framing.frame_batches(stream, "/f", reread,
-                                                                  max_bytes) for r in batch)
+        got, error = collect(r for window in framing.frame_windows(stream, "/f", reread,
+                                                                   max_bytes)
+                             for r in window.records())
     assert error == expected_error
     assert got == expected
 
@@ -434,7 +435,7 @@ def test_a_file_that_changes_while_read_is_reported():
     data = framed([b"a" * 10, b"b" * 10])[0]
     damaged = data[:-1] + bytes([data[-1] ^ 1])
     with pytest.raises(sd.CorruptDataError, match="changed while it was read"):
-        list(framing.frame_batches(io.BytesIO(damaged), "/f", lambda: io.BytesIO(data)))
+        list(framing.frame_windows(io.BytesIO(damaged), "/f", lambda: io.BytesIO(data)))
 
 
 def test_record_source_batches_streamed_prefetched_and_compressed(cluster, shards):
@@ -444,20 +445,21 @@ def test_record_source_batches_streamed_prefetched_and_compressed(cluster, shard
     for number, name in enumerate(names):
         assert source._announce_py(np.int64(number), name.encode()) == number
     for number, name in enumerate(names):
-        batches = list(source.batches(np.int64(number), name.encode()))
-        assert [r for batch in batches for r in batch] == shards.records["plain"][number]
+        windows = list(source.windows(np.int64(number), name.encode()))
+        assert [r for w in windows for r in w.records()] == shards.records["plain"][number]
     assert clients.stats()["tf_files_streamed"] == 1
     zipped = RecordSource(clients, "GZIP", streams=1, prefetch=0)
     name = shards.remote["gzip"][1]
-    assert [r for b in zipped.batches(np.int64(0), name.encode()) for r in b] == \
+    assert [r for w in zipped.windows(np.int64(0), name.encode()) for r in w.records()] == \
         shards.records["gzip"][1]
     bad = shards.remote["plain"][0].replace("part-0", "direct-bad")
     with cluster.client() as client:
         client.write(clients.locate(bad)[1], framed([b"q" * 40])[0][:-1] + b"\0")
     with pytest.raises(sd.CorruptDataError, match="record at byte offset 0: corrupt record"):
-        list(source.batches(np.int64(0), bad.encode()))
-    assert [len(b) for b in record_batches([b"x"] * 5, max_records=2)] == [2, 2, 1]
-    assert [len(b) for b in record_batches([b"x" * 10] * 3, max_bytes=15)] == [2, 1]
+        list(source.windows(np.int64(0), bad.encode()))
+    assert [w.records() for w in record_windows([b"x", b"", b"yz"], max_records=2)] == \
+        [[b"x", b""], [b"yz"]]
+    assert [len(w.starts) for w in record_windows([b"x" * 10] * 3, max_bytes=15)] == [2, 1]
     clients.close()
 
 

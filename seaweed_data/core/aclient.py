@@ -16,6 +16,7 @@ from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import numpy as np
 from lru import LRU
 
 from ..config import Config
@@ -30,7 +31,7 @@ from .http import Http
 from .items import ItemReads
 from .metadata import prefetch_entries
 from .metrics import Counters
-from .needles import ChunkMissingError, NeedleReader
+from .needles import PIPELINED_MAX_BYTES, ChunkMissingError, NeedleReader
 from .volumes import NoMasterError, VolumeLocations
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,14 @@ class AsyncClient:
             return await self.filer.read(entry.path, start, stop)
 
     async def _read_pieces(self, entry: Entry, plan: list[Piece]) -> bytes:
+        total = sum(piece.size for piece in plan)
+        if total > PIPELINED_MAX_BYTES:  # received in place, not joined from pieces
+            result = np.empty(total, dtype=np.uint8)  # not zeroed: every byte is written
+            view, base = result.data, plan[0].start
+            await gather_bounded([partial(self._read_piece_into, entry, piece,
+                                          view[piece.start - base:piece.stop - base])
+                                  for piece in plan], self.config.chunk_concurrency)
+            return bytes(result)
         if len(plan) == 1:
             parts = await self._read_piece(entry, plan[0])
         else:
@@ -217,6 +226,14 @@ class AsyncClient:
             return [bytes(piece.size)]
         start = piece.chunk_start
         return await self.needles.read(piece.chunk, start, start + piece.size, entry.path)
+
+    async def _read_piece_into(self, entry: Entry, piece: Piece, into: memoryview) -> None:
+        if piece.chunk is None:  # a hole
+            into[:] = bytes(len(into))
+        else:
+            start = piece.chunk_start
+            await self.needles.read_into(piece.chunk, start, start + piece.size, entry.path,
+                                         into)
 
     async def read_many(self, paths: Sequence[str]) -> list[bytes]:
         """Whole files, fetched concurrently; results in the order of ``paths``."""

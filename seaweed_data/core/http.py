@@ -28,6 +28,7 @@ from yarl import URL
 
 from ..config import Config
 from ..errors import RequestTimeoutError, TLSError, TransportError, UnreachableError
+from .bulk import BulkGets
 from .metrics import Counters
 from .pipeline import Pipelines
 from .security import Tokens, load_keys
@@ -45,6 +46,9 @@ class Response:
     headers: CIMultiDictProxy[str]
     parts: list[bytes]
     """The body as received; joined lazily, so large bodies are copied once, at the end."""
+    received: int | None = None
+    """Bytes of a body received into the caller's buffer (:meth:`Http.bulk_get`; ``parts``
+    is then empty)."""
 
     @property
     def body(self) -> bytes:
@@ -54,7 +58,7 @@ class Response:
 
     @property
     def size(self) -> int:
-        return sum(map(len, self.parts))
+        return self.received if self.received is not None else sum(map(len, self.parts))
 
 
 def where(url: str) -> str:
@@ -72,6 +76,7 @@ class Http:
         self._session: aiohttp.ClientSession | None = None
         self._tokens: Tokens | None = None
         self.pipelines = Pipelines(config.connect_timeout)
+        self.bulk = BulkGets(config.connect_timeout)
 
     def __repr__(self) -> str:
         return f"Http(verify_tls={self.config.verify_tls}, ca_file={self.config.ca_file!r})"
@@ -118,6 +123,7 @@ class Http:
         them (or the parent's event loop) again.
         """
         self.pipelines.abandon_after_fork(_ABANDONED)
+        self.bulk.abandon_after_fork(_ABANDONED)
         session, self._session = self._session, None
         if session is None:
             return
@@ -135,6 +141,7 @@ class Http:
 
     async def close(self) -> None:
         await self.pipelines.close()
+        await self.bulk.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -211,6 +218,20 @@ class Http:
         answer = await self.pipelines.get(server, target, headers, timeout)
         self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
         return Response(answer.status, CIMultiDictProxy(answer.headers), [answer.body])
+
+    async def bulk_get(self, server: str, target: str, *, kind: str, headers: dict[str, str],
+                       timeout: float, into: memoryview) -> Response:
+        """One GET of a large body through :class:`BulkGets` (plain HTTP only): a 200/206
+        body of ``len(into)`` bytes goes into ``into`` (``received`` set, no ``parts``)."""
+        self.counters.add("requests")
+        self.counters.add(f"{kind}_requests")
+        started = time.perf_counter()
+        answer = await self.bulk.get(server, target, headers, timeout, into)
+        self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
+        headers_proxy = CIMultiDictProxy(answer.headers)
+        if answer.body is None:
+            return Response(answer.status, headers_proxy, [], received=len(into))
+        return Response(answer.status, headers_proxy, [answer.body])
 
 
 def tls_error(method: str, url: str, exc: aiohttp.ClientSSLError) -> TLSError:

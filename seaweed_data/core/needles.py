@@ -76,8 +76,23 @@ class NeedleReader:
             return await self._fetch(chunk, None, path)
         return await self._fetch(chunk, (start, stop), path)
 
-    async def _fetch(self, chunk: Chunk, span: tuple[int, int] | None,
-                     path: str) -> list[bytes]:
+    async def read_into(self, chunk: Chunk, start: int, stop: int, path: str,
+                        into: memoryview) -> None:
+        """Bytes ``[start, stop)`` of the chunk into ``into`` (``stop - start`` bytes long).
+        A large plain read is received there directly (:mod:`.bulk`); others are copied."""
+        whole = start == 0 and stop == chunk.size
+        if (chunk.cipher_key is None and self._config.pipelining
+                and stop - start > PIPELINED_MAX_BYTES and (whole or stop < chunk.size)):
+            parts = await self._fetch(chunk, None if whole else (start, stop), path, into)
+        else:
+            parts = await self.read(chunk, start, stop, path)
+        position = 0
+        for part in parts:  # none when the answer went straight into ``into``
+            into[position:position + len(part)] = part
+            position += len(part)
+
+    async def _fetch(self, chunk: Chunk, span: tuple[int, int] | None, path: str,
+                     into: memoryview | None = None) -> list[bytes]:
         headers = {"Accept-Encoding": "identity"}
         if span is not None:
             headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
@@ -88,7 +103,7 @@ class NeedleReader:
             missing = 0
             for server in servers:
                 try:
-                    return await self._try(server, chunk, span, headers, path)
+                    return await self._try(server, chunk, span, headers, path, into)
                 except ChunkMissingError as exc:
                     missing, error = missing + 1, exc
                 except TransportError as exc:
@@ -125,8 +140,12 @@ class NeedleReader:
         return "Authorization" in headers
 
     async def _get(self, server: str, fid: str, headers: dict[str, str],
-                   small: bool) -> Response:
+                   small: bool, into: memoryview | None) -> Response:
         async with self._limiter(server).slot():
+            if into is not None:
+                return await self._http.bulk_get(server, f"/{fid}", kind="volume",
+                                                 headers=headers, into=into,
+                                                 timeout=self._config.volume_timeout)
             if small and self._config.pipelining:
                 return await self._http.pipelined_get(server, f"/{fid}", kind="volume",
                                                       headers=headers,
@@ -136,18 +155,20 @@ class NeedleReader:
                                             stream=True)
 
     async def _try(self, server: str, chunk: Chunk, span: tuple[int, int] | None,
-                   headers: dict[str, str], path: str) -> list[bytes]:
+                   headers: dict[str, str], path: str,
+                   into: memoryview | None) -> list[bytes]:
+        """The answer's body in pieces; none when it went into ``into``."""
         url = f"http://{server}/{chunk.file_id}"
         small = (span[1] - span[0] if span else chunk.size) <= PIPELINED_MAX_BYTES
-        response = await self._get(server, chunk.file_id, headers, small)
+        response = await self._get(server, chunk.file_id, headers, small, into)
         if response.status in (401, 403) and await self._learn_auth(headers, chunk.file_id,
                                                                     path):
-            response = await self._get(server, chunk.file_id, headers, small)
+            response = await self._get(server, chunk.file_id, headers, small, into)
         self._check(response, chunk, url, path)
         received = response.size
         self._counters.add("bytes_fetched", received)
         if span is not None:
-            if response.status == 200:  # the server ignored Range
+            if response.status == 200 and response.received is None:  # Range ignored
                 response.parts = [response.body[span[0]:span[1]]]
             expected = span[1] - span[0]
         else:

@@ -162,7 +162,7 @@ class Pipelines:
                   timeout: float) -> Answer:
         """``GET target`` on ``server`` (``host:port``); the answer within ``timeout`` s of
         being queued, else :class:`RequestTimeoutError` (and the connection is dropped)."""
-        request = _request(server, target, headers)
+        request = request_bytes(server, target, headers)
         loop = asyncio.get_running_loop()
         for resend in (False, True):
             connection = await self._server(server).connection()
@@ -227,16 +227,16 @@ def _retrieve(future: asyncio.Future[_Connection]) -> None:
         future.exception()
 
 
-def _request(server: str, target: str, headers: dict[str, str]) -> bytes:
+def request_bytes(server: str, target: str, headers: dict[str, str]) -> bytes:
     lines = [f"GET {target} HTTP/1.1", f"Host: {server}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Answer, bool]:
-    """One answer off the connection; and whether the server closes it afterwards."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].decode("latin-1").split("\r\n")
+def parse_head(head: bytes, where: str) -> tuple[int, CIMultiDict[str], bool]:
+    """An answer's status line and headers (``head`` without its blank line): status,
+    headers, and whether the server closes the connection afterwards."""
+    lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     status_text = rest[:3]
     if not version.startswith("HTTP/1.") or not status_text.isdigit():
@@ -245,8 +245,14 @@ async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Answer
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers.add(name.strip(), value.strip())
-    status = int(status_text)
     close = version == "HTTP/1.0" or headers.get("Connection", "").lower() == "close"
+    return int(status_text), headers, close
+
+
+async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Answer, bool]:
+    """One answer off the connection; and whether the server closes it afterwards."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, headers, close = parse_head(head[:-4], where)
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
         body = await _read_chunked(reader)
     elif "Content-Length" in headers:
@@ -270,4 +276,4 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-__all__ = ["Answer", "ConnectionLost", "Pipelines"]
+__all__ = ["Answer", "ConnectionLost", "Pipelines", "parse_head", "request_bytes"]

@@ -7,8 +7,10 @@ transformation, so ``shard``, ``tf.function`` and ``tf.distribute`` treat it as 
     .scan(number)              (n, name): each iteration numbers its files 0, 1, 2, ...
     .map(announce)             tells ShardReads which file comes next; holds a reader op
     .prefetch(k)               so announcements run k files ahead of the readers
-    .flat_map / .interleave    per file: records read and checked in Python, yielded in
-       (read_file)             batches (a generator), .unbatch()'ed by TensorFlow
+    .flat_map / .interleave    per file: frames read and checked in Python, handed over a
+       (read_file)             window at a time (a generator of the window's bytes and its
+                               records' offsets and lengths); TensorFlow cuts the records
+                               out (``tf.strings.substr``) and unbatches them
 
 ``read_file`` is the same transformation ``tf.data.TFRecordDataset`` applies to its file
 names (``flat_map``; with ``num_parallel_reads``, ``interleave`` with ``cycle_length``
@@ -33,16 +35,19 @@ import tensorflow as tf
 from ..config import Config
 from ..core.records import COMPRESSIONS, iter_records
 from .clients import SourceClients
-from .framing import MAX_READ, frame_batches
-from .paths import STRINGS, as_is, names_dataset
+from .framing import MAX_READ, Window, frame_windows, window_of
+from .paths import as_is, names_dataset
 from .shard_reads import ShardReads
 
 log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 1024
-"""At most this many records per batch the generator hands to TensorFlow."""
+"""At most this many records per window of a compressed file."""
 BATCH_BYTES = 4 << 20
-"""A batch closes once its records reach this many bytes."""
+"""A window of a compressed file closes once its records reach this many bytes."""
+WINDOWS = (tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.int64),
+           tf.TensorSpec([None], tf.int64))
+"""What the generator yields: a :class:`~seaweed_data.tf.framing.Window`."""
 STREAM_READ = 1 << 20
 """Bytes asked of a streamed file at a time: a larger read than the readahead window is
 not seen as sequential by ``Client.open``'s reader, which would then stop reading ahead."""
@@ -120,17 +125,17 @@ class RecordSource:
         return number
 
     def _read_file(self, number: Any, name: Any) -> Any:
-        records = tf.data.Dataset.from_generator(self.batches, args=(number, name),
-                                                 output_signature=STRINGS)
-        return records.unbatch()
+        windows = tf.data.Dataset.from_generator(self.windows, args=(number, name),
+                                                 output_signature=WINDOWS)
+        return windows.map(_cut_records).unbatch()
 
-    def batches(self, number: np.int64, name: bytes) -> Iterator[np.ndarray]:
-        """The records of file ``number`` (``name``), checked, in batches of strings."""
+    def windows(self, number: np.int64, name: bytes) -> Iterator[Window]:
+        """The records of file ``number`` (``name``), checked, a window at a time."""
         location = name.decode()
         log.debug("TFRecordDataset: reading file %d, %s", number, location)
         with self.reads.open(int(number), location) as stream:
             if self.compression:
-                yield from record_batches(iter_records(stream, path=location,
+                yield from record_windows(iter_records(stream, path=location,
                                                        compression=self.compression))
                 return
 
@@ -138,26 +143,34 @@ class RecordSource:
                 stream.seek(0)
                 return stream
 
-            # A prefetched file is in memory: one read. A streamed one is read in pieces no
-            # larger than its readahead's first window, which then keeps growing.
-            size = MAX_READ if isinstance(stream, io.BytesIO) else STREAM_READ
-            for batch in frame_batches(stream, location, reread, read_size=size):
-                yield np.array(batch, dtype=object)
+            # A prefetched file is in memory: one read, one window. A streamed one is read
+            # in pieces no larger than its readahead's first window, which keeps growing.
+            if isinstance(stream, io.BytesIO):
+                yield from frame_windows(stream, location, reread, max_bytes=MAX_READ,
+                                         read_size=MAX_READ)
+                return
+            yield from frame_windows(stream, location, reread, read_size=STREAM_READ)
 
 
-def record_batches(records: Iterable[bytes], max_records: int = BATCH_RECORDS,
-                   max_bytes: int = BATCH_BYTES) -> Iterator[np.ndarray]:
-    """``records`` grouped into 1-D object arrays (TensorFlow makes string tensors of them)."""
+def record_windows(records: Iterable[bytes], max_records: int = BATCH_RECORDS,
+                   max_bytes: int = BATCH_BYTES) -> Iterator[Window]:
+    """``records`` grouped into windows of at most ``max_records`` records, closed once
+    they reach ``max_bytes``."""
     batch: list[bytes] = []
     size = 0
     for record in records:
         batch.append(record)
         size += len(record)
         if len(batch) >= max_records or size >= max_bytes:
-            yield np.array(batch, dtype=object)
+            yield window_of(batch)
             batch, size = [], 0
     if batch:
-        yield np.array(batch, dtype=object)
+        yield window_of(batch)
+
+
+def _cut_records(data: Any, starts: Any, lengths: Any) -> Any:
+    """The records of a window, cut out natively."""
+    return tf.strings.substr(data, starts, lengths)
 
 
 def _number(count: Any, name: Any) -> tuple[Any, tuple[Any, Any]]:
