@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from scripted import HANG_UP, Script, ScriptedServer, ok
 
+from seaweed_data.core import buffers
 from seaweed_data.core.bulk import BulkGets
 from seaweed_data.errors import RequestTimeoutError, TransportError, UnreachableError
 
@@ -207,3 +208,18 @@ def test_bytes_nobody_asked_for_drop_the_connection() -> None:
         assert into == BODY and server.connections == 2
 
     run(script, body)
+
+
+@pytest.mark.parametrize("api", ["cpython", "fallback"])
+def test_fillable_bytes_are_written_in_place_and_outlive_their_owner(monkeypatch, api) -> None:
+    if api == "fallback":
+        monkeypatch.setattr(buffers, "_API", None)
+    fillable = buffers.Fillable(6)
+    fillable.view[:] = b"abcdef"
+    fillable.view[1:3] = b"XY"
+    data = fillable.result()
+    assert type(data) is bytes and data == b"aXYdef" and not fillable.view.readonly
+    view = fillable.view
+    del fillable, data
+    view[:2] = b"ok"  # the storage lives as long as a view of it
+    assert view.tobytes() == b"okYdef"

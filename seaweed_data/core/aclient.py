@@ -16,13 +16,13 @@ from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import numpy as np
 from lru import LRU
 
 from ..config import Config
 from ..errors import IsDirectoryError, NotFoundError, SeaweedDataError, UnreachableError
 from . import listing
 from .aggregate import coalesce, split
+from .buffers import Fillable
 from .chunks import ChunkMap, Piece, clamp_range
 from .discovery import default_grpc_port, discover_masters
 from .entry import Entry
@@ -207,12 +207,12 @@ class AsyncClient:
     async def _read_pieces(self, entry: Entry, plan: list[Piece]) -> bytes:
         total = sum(piece.size for piece in plan)
         if total > PIPELINED_MAX_BYTES:  # received in place, not joined from pieces
-            result = np.empty(total, dtype=np.uint8)  # not zeroed: every byte is written
-            view, base = result.data, plan[0].start
+            result = Fillable(total)
+            view, base = result.view, plan[0].start
             await gather_bounded([partial(self._read_piece_into, entry, piece,
                                           view[piece.start - base:piece.stop - base])
                                   for piece in plan], self.config.chunk_concurrency)
-            return bytes(result)
+            return result.result()
         if len(plan) == 1:
             parts = await self._read_piece(entry, plan[0])
         else:
