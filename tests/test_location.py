@@ -1,8 +1,12 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import seaweed_data as sd
 from seaweed_data.core.location import (
+    is_normal_path,
     normalize_filer,
+    normalize_path,
     parent_and_name,
     parse_location,
 )
@@ -52,3 +56,17 @@ def test_normalize_filer_forms():
 def test_parent_and_name():
     assert parent_and_name("/a/b") == ("/a", "b")
     assert parent_and_name("/b") == ("/", "b")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b.jpg", ".", "..", "", ".x", "\x00", "é"]),
+                max_size=6), st.booleans())
+def test_a_path_called_normal_is_kept_as_normalize_path_would(parts, absolute):
+    path = ("/" if absolute else "") + "/".join(parts)
+    if is_normal_path(path):
+        assert normalize_path(path) == path
+
+
+@pytest.mark.parametrize("path", ["/", "/a", "/a/b.jpg", "/buckets/x/class_0/img_1.JPEG"])
+def test_common_paths_are_normal(path):
+    assert is_normal_path(path)

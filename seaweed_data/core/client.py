@@ -22,7 +22,7 @@ from ..errors import InvalidLocationError
 from .aclient import AsyncClient
 from .entry import Entry
 from .files import AtomicWriter
-from .location import Location, default_filer, normalize_filer, parse_location
+from .location import Location, default_filer, is_normal_path, normalize_filer, parse_location
 from .loop import LOOP
 from .metrics import PROCESS, Counters
 from .readahead import ReadaheadReader
@@ -84,6 +84,8 @@ class Client:
 
     def path(self, location: str) -> str:
         """The filer path of ``location``; refuses locations on another filer."""
+        if is_normal_path(location):  # the common case (a listing's paths), made cheap
+            return location
         parsed: Location = parse_location(location, self.filer)
         if parsed.filer != self.filer:
             raise InvalidLocationError(

@@ -72,6 +72,13 @@ def parse_location(location: str, filer: str | None = None) -> Location:
     return Location(filer or default_filer(), normalize_path(location, location))
 
 
+def is_normal_path(path: str) -> bool:
+    """Whether ``path`` is an absolute filer path that :func:`normalize_path` keeps as it is
+    (a conservative test: a few string searches, no parsing)."""
+    return (path.startswith("/") and "//" not in path and "/." not in path
+            and "\x00" not in path and (len(path) == 1 or not path.endswith("/")))
+
+
 def normalize_path(path: str, original: str = "") -> str:
     if "\x00" in path:
         raise InvalidLocationError(f"NUL byte in path {original or path!r}")

@@ -78,6 +78,7 @@ class Channel:
         self._owner = os.getpid()
         self._seq = 0
         self._seen = 0
+        self._seen_file: tuple[int, int, int] | None = None
 
     @property
     def directory(self) -> str:
@@ -101,9 +102,16 @@ class Channel:
         return announcement
 
     def poll(self) -> Announcement | None:
-        """A newer announcement than the last one this process saw, if any (workers)."""
+        """A newer announcement than the last one this process saw, if any (workers).
+
+        Called for every batch: a file this process read already (every announcement is a
+        new file, renamed into place) costs one ``stat``, not a read."""
+        path = os.path.join(self.directory, "current")
         try:
-            with open(os.path.join(self.directory, "current"), "rb") as f:
+            if _identity(os.stat(path)) == self._seen_file:
+                return None
+            with open(path, "rb") as f:
+                self._seen_file = _identity(os.fstat(f.fileno()))
                 seq, batched = (int(x) for x in np.load(f))
                 if seq <= self._seen:
                     return None
@@ -114,6 +122,10 @@ class Channel:
         self._seen = seq
         assert order is not None
         return Announcement(seq, order, next_order, bool(batched))
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _remove(directory: str, owner: int) -> None:
