@@ -7,7 +7,6 @@ import binascii
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 from ..errors import ServerError
@@ -63,9 +62,19 @@ class Entry:
     def has_manifest(self) -> bool:
         return any(c.is_chunk_manifest for c in self.chunks)
 
-    @cached_property
+    @property
     def version(self) -> str:
-        """Content identity: changes whenever the file is rewritten (computed once)."""
+        """Content identity: changes whenever the file is rewritten (computed once).
+
+        Not a ``functools.cached_property``: before Python 3.12 that takes one lock shared by
+        every entry, and a worker's threads reading a batch then queue on it."""
+        version: str | None = self.__dict__.get("_version")
+        if version is None:  # two threads may both compute it: the same value
+            version = self._content_identity()
+            object.__setattr__(self, "_version", version)
+        return version
+
+    def _content_identity(self) -> str:
         h = hashlib.blake2b(digest_size=12)
         h.update(f"{self.path}\0{self.size}\0{self.mtime}\0{self.md5}".encode())
         for c in self.chunks:
