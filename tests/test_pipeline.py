@@ -158,3 +158,18 @@ def test_a_forked_child_closes_its_copies_and_the_parent_keeps_going() -> None:
         assert answer.body == b"/again" and server.connections == len(fds)
 
     run(lambda target, n: ok(target.encode()), body)
+
+
+def test_a_silent_server_is_dropped_even_when_the_late_request_was_abandoned() -> None:
+    def script(target: str, n: int) -> bytes | list[bytes | float]:
+        return [30.0] if target == "/hang" else ok(b"fresh")
+
+    async def body(pipes: Pipelines, address: str, server: ScriptedServer) -> None:
+        first = asyncio.ensure_future(pipes.get(address, "/hang", {}, 0.3))
+        behind = asyncio.ensure_future(pipes.get(address, "/x", {}, 0.3))
+        await asyncio.sleep(0.1)
+        first.cancel()  # its caller gave up: the connection must still be dropped
+        answer = await asyncio.wait_for(behind, 2)  # resent on a fresh connection
+        assert answer.body == b"fresh" and server.connections == 2
+
+    run(script, body)

@@ -55,16 +55,39 @@ class _Connection:
         self.closed = False
         self.task = asyncio.ensure_future(self._read_answers())
         self._outgoing: list[bytes] = []
+        self._deadlines: deque[float] = deque()  # of the waiting requests, in order
+        self._watchdog: asyncio.TimerHandle | None = None
 
-    def send(self, request: bytes) -> asyncio.Future[Answer]:
-        """Queue ``request``; the requests of one loop iteration leave in one write."""
+    def send(self, request: bytes, timeout: float) -> asyncio.Future[Answer]:
+        """Queue ``request``; the requests of one loop iteration leave in one write. Its
+        answer must begin within ``timeout`` s, else it fails with :class:`_Expired`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Answer] = loop.create_future()
         self.waiting.append(future)
+        self._deadlines.append(loop.time() + timeout)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._deadlines[0], self._check_deadline)
         if not self._outgoing:
             loop.call_soon(self._flush)
         self._outgoing.append(request)
         return future
+
+    def _check_deadline(self) -> None:
+        """One timer per connection, not per request: answers come in order, so only the
+        oldest waiting request can be the first one late."""
+        self._watchdog = None
+        if not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadlines[0]:  # fail it (even if its caller left) and drop
+            _expire(self.waiting[0])  # the connection: the ones behind it are resent
+            self.abort(TransportError(f"{self.where}: an earlier answer timed out"))
+            return
+        self._watchdog = loop.call_at(self._deadlines[0], self._check_deadline)
+
+    def _answered(self) -> asyncio.Future[Answer]:
+        self._deadlines.popleft()
+        return self.waiting.popleft()
 
     def _flush(self) -> None:
         data, self._outgoing = b"".join(self._outgoing), []
@@ -84,7 +107,7 @@ class _Connection:
                 answer, close = await _read_answer(self.reader, self.where)
                 if not self.waiting:
                     raise TransportError(f"{self.where} sent an answer nobody asked for")
-                future = self.waiting.popleft()
+                future = self._answered()
                 if not future.done():
                     future.set_result(answer)
                 if close:
@@ -103,11 +126,16 @@ class _Connection:
     def _fail(self, error: TransportError) -> None:
         """The first waiter gets ``error``; those queued behind it were never answered, so
         they may be resent."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        behind: TransportError = ConnectionLost(
+            f"{self.where}: an earlier answer failed ({error})")
         while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
+            future = self._answered()
+            if not future.done():  # the first may have failed already (timed out, left)
                 future.set_exception(error)
-                error = ConnectionLost(f"{self.where}: an earlier answer failed ({error})")
+            error = behind
 
 
 class _Server:
@@ -163,22 +191,16 @@ class Pipelines:
         """``GET target`` on ``server`` (``host:port``); the answer within ``timeout`` s of
         being queued, else :class:`RequestTimeoutError` (and the connection is dropped)."""
         request = request_bytes(server, target, headers)
-        loop = asyncio.get_running_loop()
         for resend in (False, True):
             connection = await self._server(server).connection()
-            future = connection.send(request)
-            deadline = loop.call_later(timeout, _expire, future)
             try:
-                return await future
+                return await connection.send(request, timeout)
             except _Expired:
-                connection.abort(TransportError(f"{server}: an earlier answer timed out"))
                 raise RequestTimeoutError(f"GET http://{server}{target.split('?')[0]}: "
                                           f"no answer within {timeout:g}s") from None
             except ConnectionLost:
                 if resend:
                     raise
-            finally:
-                deadline.cancel()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _server(self, server: str) -> _Server:

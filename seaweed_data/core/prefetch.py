@@ -17,7 +17,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from itertools import islice
 
 from .limiter import prefetching
@@ -55,6 +54,8 @@ class Prefetcher:
         self._slots: dict[str, _Slot] = {}
         self._cached: set[str] = set()  # items found cached: not asked again (disk checks)
         self._bytes_ahead = 0
+        self._running: dict[asyncio.Task[bytes], float] = {}  # deadlines, oldest first
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def bytes_ahead(self) -> int:
@@ -153,11 +154,35 @@ class Prefetcher:
                 return
             with prefetching():  # the task inherits the context: its requests yield to demand
                 task = asyncio.ensure_future(self._fetch(item))
-            expiry = asyncio.get_running_loop().call_later(self._timeout, task.cancel)
-            task.add_done_callback(partial(_settled, expiry))
+            self._watch(task)
             self._slots[item] = _Slot(task, size)
             self._bytes_ahead += size
             self._counters.add("prefetch_issued")
+
+    def _watch(self, task: asyncio.Task[bytes]) -> None:
+        """Cancel ``task`` if it runs past the timeout. One timer for all the prefetches,
+        not one each: they start in order, so the oldest running one expires first."""
+        loop = asyncio.get_running_loop()
+        self._running[task] = loop.time() + self._timeout
+        task.add_done_callback(self._settled)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._running[task], self._expire)
+
+    def _settled(self, task: asyncio.Task[bytes]) -> None:
+        """A prefetch ended: forget it; mark its exception as seen (the consumer reads on
+        demand instead)."""
+        self._running.pop(task, None)
+        if not task.cancelled():
+            task.exception()
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._watchdog = None
+        for task, deadline in list(self._running.items()):
+            if deadline > loop.time():
+                self._watchdog = loop.call_at(deadline, self._expire)
+                return
+            task.cancel()
 
     def _drop(self, item: str) -> None:
         slot = self._slots.pop(item)
@@ -170,14 +195,6 @@ class Prefetcher:
         self._hints.clear()
         for item in list(self._slots):
             self._drop(item)
-
-
-def _settled(expiry: asyncio.TimerHandle, task: asyncio.Task[bytes]) -> None:
-    """A prefetch ended: stop its timeout; mark its exception as seen (the consumer reads on
-    demand instead)."""
-    expiry.cancel()
-    if not task.cancelled():
-        task.exception()
 
 
 def _cancelling() -> bool:
