@@ -2,8 +2,11 @@
 
 8 shards (``--shards``) of ~32 MB (``--shard-mb``) holding records of 1-10 KB (uniform random
 sizes and random bytes, seeded), written once both to SeaweedFS (``/bench/tfrecord/``) and to
-a local directory. Every case iterates all records with the same consumer,
-``for batch in ds.batch(1024).map(count)``, where ``count`` sums records and bytes in the graph:
+a local directory. Every case iterates all records with the same consumer: by default
+(``--consumer graph``) ``for batch in ds.batch(1024).map(count)``, where ``count`` sums records
+and bytes in the graph (what the source alone delivers); ``--consumer python`` loops over the
+records one at a time in Python (``for r in ds: n += len(r.numpy())``), the rate a training
+step written in Python sees:
 
 - (a) ``tf.data.TFRecordDataset`` on the local files (in the page cache: the local-disk limit);
 - (b) naive download: one ``requests.get`` through the filer per shard into a local temporary
@@ -19,8 +22,10 @@ Besides wall time, each case's CPU time is reported: this process (every thread)
 SeaweedFS servers (from ``/proc``), since on a small shared machine they compete for cores.
 
 Rounds are interleaved (every case once per round) after one untimed warm-up pass of (a) and
-(b); medians are reported. Writes JSON and Markdown to ``benchmarks/results/tfrecord.*``.
-Run: ``python benchmarks/tfrecord_bench.py [--rounds 3] [--shards 8] [--shard-mb 32]``.
+(b); medians are reported. Writes JSON and Markdown to ``benchmarks/results/tfrecord.*``
+(``tfrecord_python.*`` for the Python consumer).
+Run: ``python benchmarks/tfrecord_bench.py [--rounds 3] [--shards 8] [--shard-mb 32]
+[--consumer graph|python]``.
 """
 
 from __future__ import annotations
@@ -96,9 +101,22 @@ def _count(batch: Any) -> tuple[Any, Any]:
                                                                               "BYTE"))
 
 
+CONSUMERS = {
+    "graph": f"`ds.batch({BATCH})` counting records and bytes in the graph (the source's limit)",
+    "python": "a Python loop over the records, `for r in ds: n += len(r.numpy())` (eager, one "
+              "record at a time, as a training step written in Python sees them)",
+}
+consumer = "graph"
+
+
 def consume(dataset: Any) -> tuple[int, int]:
-    """Iterate every record; (records, record bytes)."""
+    """Iterate every record with the chosen consumer; (records, record bytes)."""
     records = nbytes = 0
+    if consumer == "python":
+        for record in dataset:
+            records += 1
+            nbytes += len(record.numpy())
+        return records, nbytes
     for count, size in dataset.batch(BATCH).map(_count):
         records += int(count)
         nbytes += int(size)
@@ -195,7 +213,7 @@ def report(bench: Bench, args: argparse.Namespace, file_bytes: int,
         f"# TFRecord shards through tf.data ({args.shards} shards, {file_bytes / 1e6:,.0f} MB, "
         f"{records:,} records of {MIN_RECORD // 1000}-{MAX_RECORD // 1000} KB)",
         "",
-        f"Consumer `ds.batch({BATCH})` counting records and bytes in the graph; medians of "
+        f"Consumer: {CONSUMERS[args.consumer]}; medians of "
         f"{args.rounds} interleaved rounds; SeaweedFS (`LocalCluster`) on the same machine "
         f"({os.cpu_count()} cores); (c) is cold every round (new dataset, clients and caches);"
         f" python {sys.version.split()[0]}, tensorflow {tf.__version__}.",
@@ -230,11 +248,11 @@ def report(bench: Bench, args: argparse.Namespace, file_bytes: int,
                      f"{'yes' if value >= target else 'NO'} |")
     lines += ["", f"Setup (generate, write to SeaweedFS and local disk): {setup_s:.1f} s.", "",
               f"Command: `python benchmarks/tfrecord_bench.py --rounds {args.rounds} "
-              f"--shards {args.shards} --shard-mb {args.shard_mb}`"]
+              f"--shards {args.shards} --shard-mb {args.shard_mb} --consumer {args.consumer}`"]
     data = {
         "shards": args.shards, "shard_mb": args.shard_mb, "rounds": args.rounds,
         "records": records, "record_bytes": payload, "file_bytes": file_bytes,
-        "batch": BATCH, "seed": SEED, "cpu_count": os.cpu_count(),
+        "batch": BATCH, "consumer": args.consumer, "seed": SEED, "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__, "python": sys.version.split()[0],
         "times_s": bench.times, "median_s": medians,
         "cpu_s_client_servers": bench.cpu, "median_cpu_s_client_servers": cpu,
@@ -253,8 +271,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--shard-mb", type=int, default=32)
+    parser.add_argument("--consumer", choices=sorted(CONSUMERS), default="graph",
+                        help="how the records are consumed (see the module docstring)")
     parser.add_argument("--no-write", action="store_true", help="print only, write no results")
     args = parser.parse_args()
+    global consumer
+    consumer = args.consumer
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -283,8 +305,9 @@ def main() -> None:
     log(f"total runtime {data['total_runtime_s']:.0f} s")
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "tfrecord.json").write_text(json.dumps(data, indent=2) + "\n")
-        (RESULTS / "tfrecord.md").write_text(markdown)
+        name = "tfrecord" if args.consumer == "graph" else f"tfrecord_{args.consumer}"
+        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown)
 
 
 if __name__ == "__main__":
