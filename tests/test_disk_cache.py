@@ -311,11 +311,32 @@ def test_a_damaged_index_is_replaced_by_an_empty_one(root: Path,
         assert tier.put(str(i), payload_for(str(i), 3 * KB))
     tier.close()
     _garbage_over_the_index(root)
-    with caplog.at_level(logging.WARNING, logger=disk.__name__):
+    with caplog.at_level(logging.WARNING):
         later = DiskTier(root, 1 << 20)
         assert later.get("3") is None  # the old entries are gone, with their pack files
         assert later.put("new", b"n") and later.get("new") == b"n"
+    assert len(caplog.records) == 1 and "the index is damaged" in caplog.text
     assert len(pack_files(root)) == 1 and later.used_bytes() >= pack_total(root)
+    with contextlib.closing(connect(root)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_damaged_page_found_by_a_lookup_replaces_the_index(
+        root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tier = DiskTier(root, 1 << 20)
+    for i in range(200):
+        assert tier.put(str(i), payload_for(str(i), 100))
+    tier.close()
+    with contextlib.closing(connect(root)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(root / "index.db", "r+b") as f:  # the header and schema page stay whole
+        f.seek(4096)
+        f.write(random.Random(2).randbytes((root / "index.db").stat().st_size - 4096))
+    later = DiskTier(root, 1 << 20)
+    with caplog.at_level(logging.WARNING):
+        assert all(later.get(str(i)) in (None, payload_for(str(i), 100)) for i in range(200))
+    assert "the index is damaged" in caplog.text and later.stats()["errors"] >= 1
+    assert later.put("new", b"n") and later.get("new") == b"n"
     with contextlib.closing(connect(root)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 

@@ -43,14 +43,10 @@ import time
 import weakref
 from collections.abc import Callable
 
-from .disk_format import (
-    HEADER_SIZE,
-    EntryFormatError,
-    encode_header,
-)
+from .disk_format import HEADER_SIZE, encode_header
 from .disk_index import Location, PackIndex, error_kind
 from .disk_layout import DiskLayout, entry_key
-from .disk_segments import ReadFds, read_entry, was_destroyed
+from .disk_segments import ReadFds
 from .disk_writer import PackWriter
 
 logger = logging.getLogger(__name__)
@@ -235,10 +231,7 @@ class DiskTier:
         """Seal this process's segment and close every fd and connection; afterwards gets miss
         and puts return ``False``."""
         self._closed = True
-        with self._write_lock, self._read_lock:
-            self._writer.drop()
-            self._readers.close_all()
-            self._index.disconnect()
+        self._let_go()
 
     # -- first use, errors, fork --------------------------------------------------------------
 
@@ -294,10 +287,7 @@ class DiskTier:
             self._disable(what, exc)
         elif isinstance(exc, FileNotFoundError):  # the directory was removed under us
             self._ready = False
-            with self._write_lock, self._read_lock:
-                self._writer.drop()
-                self._readers.close_all()
-                self._index.disconnect()
+            self._let_go()
         else:
             logger.debug("disk cache: error %s: %s", what, exc)
 
@@ -310,10 +300,7 @@ class DiskTier:
             logger.warning("disk cache %s: the index is damaged (%s); starting an empty one",
                            self._layout.root, exc)
             try:
-                with self._write_lock, self._read_lock:
-                    self._writer.drop()
-                    self._readers.close_all()
-                    self._index.reset()
+                self._let_go(reset=True)
             except (OSError, sqlite3.Error) as again:
                 self._disable("replacing the damaged index", again)
         elif kind in ("full", "readonly"):
@@ -355,26 +342,14 @@ class DiskTier:
 
     def _read(self, key: bytes, where: Location) -> bytes | str | None:
         """The verified payload at ``where`` (under the read lock); ``"expired"`` or
-        ``"corrupt"`` when the row must be dropped, ``None`` when the segment was evicted
-        since the lookup or cannot be read."""
+        ``"corrupt"`` when the row must be dropped, ``None`` for a plain miss."""
         if where.expires is not None and where.expires <= self._clock():
             return "expired"
-        try:
-            fd = self._readers.get(where.segment, self._layout)
-            return read_entry(fd, where.offset, where.length, key)
-        except FileNotFoundError:
-            return None  # evicted since the lookup
-        except OSError as exc:
+        found = self._readers.read(self._layout, where.segment, where.offset, where.length, key)
+        if found == "error":
             self._count("errors")
-            logger.debug("disk cache: cannot read segment %x: %s", where.segment, exc)
             return None
-        except EntryFormatError as exc:
-            if was_destroyed(fd):  # evicted while we read: a miss, not damage
-                self._readers.drop(where.segment)
-                return None
-            logger.warning("disk cache: dropping a damaged entry of segment %x at %d: %s",
-                           where.segment, where.offset, exc)
-            return "corrupt"
+        return found
 
     def _forget(self, key: bytes, where: Location, counter: str) -> None:
         self._count(counter)
@@ -393,11 +368,19 @@ class DiskTier:
 
     def _check_index(self) -> None:
         if self._index.stale():  # replaced after damage, or removed with the directory
-            with self._read_lock:
-                self._writer.drop()
-                self._readers.close_all()
-                self._index.disconnect()
+            self._let_go()
             self._ready = False  # the next use prepares the directory again
+
+    def _let_go(self, *, reset: bool = False) -> None:
+        """Seal and close the segment, close the read fds and the index connections (after
+        replacing a damaged index, with ``reset``)."""
+        with self._write_lock, self._read_lock:
+            self._writer.drop()
+            self._readers.close_all()
+            if reset:
+                self._index.reset()
+            else:
+                self._index.disconnect()
 
     def _count(self, *names: str, **amounts: int) -> None:
         with self._stats_lock:

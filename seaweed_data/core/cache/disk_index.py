@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -46,6 +47,8 @@ from .disk_segments import (
     new_segment_id,
     segment_size,
 )
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -140,6 +143,8 @@ class PackIndex:
             self._reader, self._writer = self._open_pair()
         except sqlite3.DatabaseError as exc:
             if error_kind(exc) == "corrupt":
+                logger.warning("disk cache %s: the index is damaged (%s); starting an empty "
+                               "one", self._layout.root, exc)
                 self._wipe()
                 self._reader, self._writer = self._open_pair()
             elif not _writable(self._layout.root):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import time
@@ -27,6 +28,8 @@ from .disk_format import (
     verify_payload,
 )
 from .disk_layout import DiskLayout, open_private_file
+
+logger = logging.getLogger(__name__)
 
 _ONE_READ_BYTES = 256 << 10  # larger entries are read in two preads (no copy of the payload)
 
@@ -148,6 +151,27 @@ class ReadFds:
             with contextlib.suppress(OSError):
                 os.close(self._fds.popitem(last=False)[1])
         return fd
+
+    def read(self, layout: DiskLayout, segment: int, offset: int, length: int,
+             key: bytes) -> bytes | str | None:
+        """The verified payload of ``key``'s entry at ``offset`` of ``segment``; ``"corrupt"``
+        when it is damaged, ``"error"`` when the segment cannot be read, ``None`` when it was
+        evicted (before or while we read)."""
+        try:
+            fd = self.get(segment, layout)
+            return read_entry(fd, offset, length, key)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.debug("disk cache: cannot read segment %x: %s", segment, exc)
+            return "error"
+        except EntryFormatError as exc:
+            if was_destroyed(fd):  # evicted while we read: a miss, not damage
+                self.drop(segment)
+                return None
+            logger.warning("disk cache: dropping a damaged entry of segment %x at %d: %s",
+                           segment, offset, exc)
+            return "corrupt"
 
     def drop(self, segment: int) -> None:
         """Close the fd of ``segment`` if one is open."""
