@@ -9,12 +9,15 @@ workers and the ranks of one node share one directory safely:
   (:mod:`.disk_format`): a reader gets a whole, verified entry or a miss; a damaged,
   truncated, misfiled or expired entry is dropped from the index, counted, and read as a miss;
 - the byte budget is the sum of the segments' allocations: room is reserved (a chunk at a
-  time) before anything is appended, so the pack files never hold more than
-  ``capacity_bytes``, whatever the number of writers. Two rare cases can add one entry per
-  writer for a moment: a writer whose segment is evicted under it (the last resort when live
-  writers hold all the room) or reset with a damaged index appends at most the entry in hand,
-  whose space is freed as soon as filing it fails. The index database (~100 bytes per entry)
-  is not counted;
+  time) before anything is appended, and evicted files are deleted (and truncated, so that
+  open fds do not pin them) before the transaction that frees their room commits; so the pack
+  files never hold more than ``capacity_bytes``, whatever the number of writers. Two rare
+  cases go over for a moment: a writer whose open segment is evicted under it (the last
+  resort, when live writers hold all the room) writes at most the one entry in hand into the
+  deleted file, freed as soon as filing it fails; and after a damaged index was replaced, a
+  writer of another process may fill the rest of its current chunk (at most 1 MiB) into a
+  deleted file until it notices, within a second. The index database (~100 bytes per entry,
+  plus its WAL) is not counted;
 - when full, whole segments are evicted, oldest first (first in, first out);
 - a writer killed at any moment leaves at most an unfiled tail in its segment, never read;
   its segment is sealed, or evicted when room is needed, once its ``flock`` is gone;
@@ -33,6 +36,7 @@ shared memory).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -102,6 +106,10 @@ class DiskTier:
         self._next_check = 0.0
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
         _LIVE.add(self)
+
+    def __del__(self) -> None:  # dropped without close(): seal the segment, close everything
+        with contextlib.suppress(Exception):
+            self._let_go()
 
     def __repr__(self) -> str:
         return f"DiskTier({self._layout.root!r}, capacity_bytes={self._capacity})"

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
+_WAL_LIMIT_BYTES = 16 << 20  # what the WAL is cut back to after a checkpoint
 _SCHEMA = (
     "CREATE TABLE segments(id INTEGER PRIMARY KEY, allocated INTEGER NOT NULL, "
     "open INTEGER NOT NULL)",
@@ -159,7 +160,9 @@ class PackIndex:
 
     def _open_pair(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         with contextlib.suppress(OSError):  # private from the start: -wal and -shm copy its mode
-            os.close(open_private_file(self._layout.index, os.O_RDWR))
+            # (O_EXCL: closing an fd of a file this process has open in SQLite would drop the
+            # POSIX locks SQLite holds on it)
+            os.close(open_private_file(self._layout.index, os.O_RDWR | os.O_EXCL))
         first = _connect(self._layout.index)
         try:
             _ensure_schema(first)
@@ -167,6 +170,11 @@ class PackIndex:
         except BaseException:
             first.close()
             raise
+
+    def __del__(self) -> None:
+        # Now, not whenever the cyclic GC gets to the connections (each is in a cycle with its
+        # statement cache): a connection still open at a fork breaks SQLite's locking.
+        self.disconnect()
 
     def disconnect(self) -> None:
         """Close this process's connections (no other thread may be using them)."""
@@ -377,7 +385,10 @@ def _connect(path: str) -> sqlite3.Connection:
                          check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL: commits are not synced (a cache), yet a crash, even of the OS, leaves a
+        # consistent database; entries are checked by their checksums anyway.
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
     except BaseException:
         db.close()
         raise

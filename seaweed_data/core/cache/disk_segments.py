@@ -128,7 +128,7 @@ class ReadFds:
     """Read-only fds of recently read segments, at most ``limit`` open (least recently used
     closed first). Not thread-safe: the caller holds a lock."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 128) -> None:
         self._limit = limit
         self._fds: OrderedDict[int, int] = OrderedDict()
 
