@@ -275,11 +275,12 @@ class PackIndex:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+            if db.in_transaction:  # (also when the COMMIT itself failed: disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     # -- room ----------------------------------------------------------------------------------
 
