@@ -482,6 +482,30 @@ def test_a_sealed_segment_goes_before_a_live_one(root: Path) -> None:
     assert live.put("live-2", bytes(3 * KB)) and live.get("live-2") == bytes(3 * KB)
 
 
+def _write_and_vanish(root: str, capacity: int) -> None:
+    tier = DiskTier(root, capacity, segment_bytes=8 * KB)
+    for i in range(2):
+        tier.put(f"dead-{i}", bytes(3 * KB))
+    os._exit(0)  # no close(), no finalizers: its segment stays open, its flock goes
+
+
+def test_a_dead_writers_open_segment_is_evicted_in_its_turn(root: Path) -> None:
+    capacity = 32 * KB
+    tier = DiskTier(root, capacity, segment_bytes=8 * KB)
+    tier.used_bytes()  # prepared before the writer dies: nobody sealed its segment yet
+    proc = multiprocessing.get_context("fork").Process(target=_write_and_vanish,
+                                                       args=(str(root), capacity))
+    proc.start()
+    proc.join(30)
+    assert [is_open for _, _, is_open in segments(root)] == [1]
+    for i in range(12):
+        assert tier.put(f"live-{i}", bytes(3 * KB))
+    assert "dead-0" not in tier and "dead-1" not in tier  # the oldest went first
+    assert "live-11" in tier and tier.stats()["evictions"] >= 2
+    with consistent_view(root) as view:
+        assert view.on_disk <= view.allocated <= capacity
+
+
 # -- several processes on the same keys -----------------------------------------------------
 
 

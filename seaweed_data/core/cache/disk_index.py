@@ -11,7 +11,7 @@ and appends only within its allocation; so the pack files never hold more than t
 whatever the number of writers. An open segment's allocation may run ahead of its file by at
 most one chunk; sealing the segment (its writer rolls to a new one or closes) brings the
 allocation down to the file's size. A reservation that does not fit evicts whole segments in
-the same ``BEGIN IMMEDIATE`` transaction, oldest first: sealed ones, then open ones whose
+the same ``BEGIN IMMEDIATE`` transaction, oldest first: sealed ones and open ones whose
 writer is gone (no ``flock``), and as a last resort open ones of live writers (whose next
 entry is then dropped: :meth:`PackIndex.insert` files an entry only while its segment exists).
 
@@ -337,7 +337,7 @@ class PackIndex:
         if room < minimum:
             live: list[tuple[int, int]] = []
             rows = db.execute("SELECT id, open, allocated FROM segments WHERE id != ? "
-                              "ORDER BY open, id", (-1 if keep is None else keep,)).fetchall()
+                              "ORDER BY id", (-1 if keep is None else keep,)).fetchall()
             for segment, is_open, allocated in rows:
                 if room >= minimum:
                     break
