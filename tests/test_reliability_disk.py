@@ -1,15 +1,16 @@
 """The disk cache under stress, end to end: never a wrong byte, never a crash.
 
-``tests/test_disk_cache.py`` checks the tier itself (format, permissions, budget, a writer
-frozen halfway, ENOSPC, fork). Here the whole read path runs on top of it, against a real
-cluster: entries damaged on disk, files rewritten on the filer while an old version sits in
-the cache, a disk that fills up under a DataLoader, two processes evicting from one small
-directory at once; and a real writer process killed with SIGKILL at random moments in the
-middle of big entries.
+``tests/test_disk_cache.py`` checks the tier itself (format, permissions, budget, writers
+killed at random moments, ENOSPC, fork). Here the whole read path runs on top of it, against a
+real cluster: entries damaged in their pack files, files rewritten on the filer while an old
+version sits in the cache, a disk that fills up under a DataLoader, two processes evicting from
+one small directory at once; and a real writer process killed with SIGKILL in the middle of
+big entries, or right after creating a segment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -26,25 +27,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from disk_files import Row, all_rows, connect, consistent_view, pack_files, pack_total
 from torch.utils.data import DataLoader
 
 import seaweed_data as sd
-from seaweed_data.core.cache import disk, disk_ledger
+from seaweed_data.core.cache import disk, disk_index, disk_writer
 from seaweed_data.core.cache.disk import DiskTier
+from seaweed_data.core.cache.disk_format import HEADER_SIZE
 from seaweed_data.core.cluster import LocalCluster
 from seaweed_data.torch import SeaweedImageFolder
 
 KB = 1024
 MB = 1024 * KB
+GB = 1024 * MB
 
 
-def entry_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("??/*") if p.is_file())
+def entry_count(root: Path) -> int:
+    with contextlib.closing(connect(root)) as db:
+        return int(db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
 
-def dir_total(root: Path) -> int:
-    temps = [p for p in (root / "tmp").iterdir() if p.is_file()]
-    return sum(p.stat().st_size for p in [*entry_files(root), *temps])
+def settled_total(root: Path, capacity: int, *, exact: bool = True) -> int:
+    """The budget in use as a fresh process sees it (after it sealed dead writers' segments),
+    checked against the pack files (which may only be smaller after a pack file was truncated
+    behind the tier's back)."""
+    used = DiskTier(root, capacity).used_bytes()
+    on_disk = pack_total(root)
+    assert (used == on_disk if exact else used >= on_disk) and used <= capacity
+    return used
 
 
 def disk_stats(client: sd.Client) -> dict[str, int]:
@@ -73,36 +83,42 @@ def files(cluster: LocalCluster) -> dict[str, bytes]:
 # -- damaged entries ---------------------------------------------------------------------------
 
 
-def _flip_payload(path: Path) -> None:
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x40
-    path.write_bytes(bytes(raw))
+def _overwrite(row: Row, at: int, data: bytes) -> None:
+    with open(row.path, "r+b") as f:
+        f.seek(row.offset + at)
+        f.write(data)
 
 
-def _flip_header(path: Path) -> None:
-    raw = bytearray(path.read_bytes())
-    raw[3] ^= 0x01
-    path.write_bytes(bytes(raw))
+def _flip_payload(row: Row) -> None:
+    with open(row.path, "rb") as f:
+        f.seek(row.offset + row.length // 2)
+        byte = f.read(1)[0]
+    _overwrite(row, row.length // 2, bytes([byte ^ 0x40]))
 
 
-def _truncate(path: Path) -> None:
-    os.truncate(path, path.stat().st_size // 3)
+def _flip_header(row: Row) -> None:
+    _overwrite(row, 3, b"?")
 
 
-def _empty(path: Path) -> None:
-    os.truncate(path, 0)
+def _zeros(row: Row) -> None:
+    _overwrite(row, 0, bytes(row.length))
 
 
-def _garbage(path: Path) -> None:
-    path.write_bytes(os.urandom(path.stat().st_size))
+def _garbage(row: Row) -> None:
+    _overwrite(row, 0, os.urandom(row.length))
 
 
-def _append(path: Path) -> None:
-    with open(path, "ab") as f:
-        f.write(b"trailing")
+def _shorter_row(row: Row) -> None:
+    with contextlib.closing(connect(row.path.parent.parent)) as db:
+        db.execute("UPDATE entries SET length = length - 8 WHERE segment = ? AND offset = ?",
+                   (int(row.path.stem, 16), row.offset))
 
 
-DAMAGES = [_flip_payload, _flip_header, _truncate, _empty, _garbage, _append]
+def _truncate(row: Row) -> None:  # (the last entry of its pack file)
+    os.truncate(row.path, row.offset + row.length // 3)
+
+
+DAMAGES = [_flip_payload, _flip_header, _zeros, _garbage, _shorter_row]
 
 
 def test_damaged_entries_are_refetched_never_served(cluster: LocalCluster,
@@ -111,10 +127,12 @@ def test_damaged_entries_are_refetched_never_served(cluster: LocalCluster,
     root = tmp_path / "cache"
     with caching_client(cluster, root) as client:
         assert client.read_many(list(files)) == list(files.values())
-    entries = entry_files(root)
-    assert len(entries) == len(files)
-    for i, entry in enumerate(entries):  # every entry damaged, each kind several times
-        DAMAGES[i % len(DAMAGES)](entry)
+    rows = all_rows(root)
+    assert len(rows) == len(files)
+    *others, last = rows
+    for i, row in enumerate(others):  # every entry damaged, each kind several times
+        DAMAGES[i % len(DAMAGES)](row)
+    _truncate(last)
     with caching_client(cluster, root) as client:
         for path, payload in files.items():
             assert client.read(path) == payload
@@ -126,7 +144,7 @@ def test_damaged_entries_are_refetched_never_served(cluster: LocalCluster,
             assert client.read(path) == payload
         assert client.stats()["cache_hits_disk"] == len(files)
         assert client.stats()["bytes_fetched"] == 0
-    assert DiskTier(root, 10 * MB).used_bytes() == dir_total(root)
+    settled_total(root, 10 * GB, exact=False)
 
 
 # -- older versions of a file --------------------------------------------------------------------
@@ -147,7 +165,7 @@ def test_a_rewritten_file_is_read_in_its_new_version_never_the_stale_one(
             assert live.read(path, 1000, 5000) == version[1000:6000]
             with live.open(path) as f:
                 assert f.read() == version
-            assert len(entry_files(root)) == n + 1  # old versions linger, never served
+            assert entry_count(root) == n + 1  # old versions linger, never served
 
 
 # -- a full disk ---------------------------------------------------------------------------------
@@ -159,16 +177,16 @@ def test_a_full_disk_degrades_the_disk_tier_not_the_job(
     """ENOSPC after four entries, in this process and in the DataLoader workers it forks: every
     sample is still read, exactly; the entries written before stay readable."""
     root = tmp_path / "cache"
-    real_write_all = disk._write_all
+    real_write_all = disk_writer.write_all
     written = [0]
 
-    def fill_up(fd: int, parts: Any) -> None:
+    def fill_up(fd: int, parts: Any, offset: int) -> None:
         if written[0] >= 4:
             raise OSError(errno.ENOSPC, "No space left on device")
         written[0] += 1
-        real_write_all(fd, parts)
+        real_write_all(fd, parts, offset)
 
-    monkeypatch.setattr(disk, "_write_all", fill_up)
+    monkeypatch.setattr(disk_writer, "write_all", fill_up)
     top = next(iter(files)).rsplit("/", 2)[0]
     config = sd.Config(master=cluster.master_url, disk_cache_dir=str(root),
                        memory_cache_bytes=0)
@@ -188,7 +206,7 @@ def test_a_full_disk_degrades_the_disk_tier_not_the_job(
                 assert sorted(got) == sorted(files.values())
         finally:
             ds.close()
-    assert len(entry_files(root)) == 4 and not list((root / "tmp").iterdir())
+    assert entry_count(root) == 4
     with caching_client(cluster, root) as client:
         assert client.read_many(list(files)) == list(files.values())
         assert client.stats()["cache_hits_disk"] == 4
@@ -240,8 +258,7 @@ def test_two_processes_evicting_at_once_read_exact_bytes(cluster: LocalCluster,
     assert [r[0] for r in reports] == [0, 0], "a process read a wrong byte"
     assert sum(r[1] for r in reports) > 0 and sum(r[2] for r in reports) > 0  # hits, evictions
     assert [r[3] for r in reports] == [0, 0]  # no torn entry was ever seen
-    tier = DiskTier(root, 600 * KB)
-    assert dir_total(root) == tier.used_bytes() <= 600 * KB
+    settled_total(root, 600 * KB)
 
 
 # -- a writer killed with SIGKILL in the middle of big entries ----------------------------------
@@ -264,82 +281,75 @@ def payload(key: str, size: int) -> bytes:
 
 
 def test_writers_killed_mid_entry_never_leave_a_served_torn_entry(tmp_path: Path) -> None:
-    """A real process writes 16 MB entries in a loop (evicting as it goes); it is killed with
-    SIGKILL at a random moment while a temp file is growing, five times over. What is left is
-    either whole or absent, the temp files of the dead are cleaned, the ledger adds up."""
+    """A real process appends 16 MB entries in a loop (evicting as it goes); it is killed with
+    SIGKILL at a random moment while its pack file grows, five times over. Every entry read
+    afterwards is whole; the dead writer's segment is sealed; the budget holds."""
     root = tmp_path / "cache"
     size = 16 * MB
     rng = random.Random(5)
     for round_no in range(5):
+        before = pack_total(root)
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(size)])
         try:
             deadline = time.monotonic() + 60
-            while not any(0 < n < size for n in temps(root).values()):
+            while pack_total(root) == before:  # until it appends
                 assert time.monotonic() < deadline and writer.poll() is None
                 time.sleep(0.001)
-            time.sleep(rng.uniform(0, 0.05))  # anywhere in the write, rename or ledger update
+            time.sleep(rng.uniform(0, 0.3))  # anywhere in an append, reservation or eviction
         finally:
             writer.send_signal(signal.SIGKILL)
             writer.wait()
+        with consistent_view(root) as view:
+            assert view.on_disk <= view.allocated <= 8 * size
         tier = DiskTier(root, 8 * size)
         for n in range(12):
             key = f"big-{n}"
             got = tier.get(key)
             assert got is None or got == payload(key, size), f"round {round_no}: torn {key}"
-        assert tier.stats()["corrupt"] == 0  # renamed entries are always whole
-        assert tier.put(f"after-{round_no}", b"x")  # a put sweeps the dead writer's temp file
-        assert not temps(root)  # nor any empty one
-        # A writer killed between two steps may leave the ledger high (documented: it costs
-        # capacity until a recount), never low: the budget holds.
-        assert dir_total(root) <= tier.used_bytes() <= 8 * size
+        assert tier.stats()["corrupt"] == 0  # a torn tail is never filed
+        assert tier.put(f"after-{round_no}", b"x")
         tier.close()
+        settled_total(root, 8 * size)
     tier = DiskTier(root, 8 * size)
-    for n in range(9):  # it still fills up: a drift never blocks a write
+    for n in range(9):  # it still fills up: a dead writer's room is never lost
         assert tier.put(f"refill-{n}", payload(f"refill-{n}", size))
         assert tier.get(f"refill-{n}") == payload(f"refill-{n}", size)
-    assert dir_total(root) <= tier.used_bytes() <= 8 * size
+    tier.close()
+    settled_total(root, 8 * size)
 
 
-def temps(root: Path) -> dict[Path, int]:
-    """Temp files (entries being written) and their sizes."""
-    tmp = root / "tmp"
-    found = {}
-    for p in tmp.iterdir() if tmp.is_dir() else []:
-        try:
-            found[p] = p.stat().st_size
-        except FileNotFoundError:  # renamed into place meanwhile
-            continue
-    return found
+def _killed_after_creating_its_segment(root: str, created: Any) -> None:
+    """Make room for an entry, and hang right after the new segment's file is created (inside
+    the index transaction that records it)."""
+    real: Callable[[str], int] = getattr(disk_index, "create_segment")  # noqa: B009
 
-
-def _killed_after_creating_its_temp_file(root: str, created: Any) -> None:
-    """Reserve room for an entry, and hang right after the temp file is created."""
-    real: Callable[[str, int], int] = getattr(disk_ledger, "open_private_file")  # noqa: B009
-
-    def create_then_hang(path: str, flags: int) -> int:
-        fd = real(path, flags)
-        if path.endswith(".tmp"):
-            created.set()
-            time.sleep(60)
+    def create_then_hang(path: str) -> int:
+        fd = real(path)
+        created.set()
+        time.sleep(60)
         return fd
 
-    setattr(disk_ledger, "open_private_file", create_then_hang)  # noqa: B010
+    setattr(disk_index, "create_segment", create_then_hang)  # noqa: B010
     DiskTier(root, 1 * MB).put("victim", bytes(500 * KB))
 
 
-def test_a_writer_killed_right_after_creating_its_temp_file_leaves_the_ledger_high(
-        tmp_path: Path) -> None:
+def test_a_writer_killed_inside_its_reservation_leaves_nothing_counted(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     tier = DiskTier(root, 1 * MB)
     assert tier.put("a", bytes(100 * KB))
+    tier.close()
     ctx = multiprocessing.get_context("fork")
     created = ctx.Event()
-    writer = ctx.Process(target=_killed_after_creating_its_temp_file, args=(str(root), created))
+    writer = ctx.Process(target=_killed_after_creating_its_segment, args=(str(root), created))
     writer.start()
     assert created.wait(30)
+    assert len(pack_files(root)) == 2  # its segment file exists, its row was never committed
     assert writer.pid is not None
     os.kill(writer.pid, signal.SIGKILL)
     writer.join()
     later = DiskTier(root, 1 * MB)
-    assert later.put("b", bytes(10 * KB))  # sweeps the dead writer's temp file
-    assert later.used_bytes() >= dir_total(root)
+    assert later.get("a") == bytes(100 * KB) and later.get("victim") is None
+    assert len(pack_files(root)) == 1  # the first use deleted the file without a row
+    assert later.put("b", bytes(10 * KB))
+    later.close()
+    assert settled_total(root, 1 * MB) == 2 * HEADER_SIZE + 110 * KB

@@ -1,23 +1,37 @@
 """The disk tier: a byte-bounded cache directory shared by every process of a node.
 
-DataLoader workers and the ranks of one node share one directory safely:
+Entries are appended to pack files (segments, :mod:`.disk_segments`), one being written per
+process at a time, and found through a shared SQLite index (:mod:`.disk_index`). DataLoader
+workers and the ranks of one node share one directory safely:
 
-- an entry is written to ``tmp/`` and renamed into place, so a reader sees a whole entry or none,
-  and a writer killed halfway leaves only a temp file, which is never read and is deleted once
-  its process is gone (or it is older than ``stale_tmp_seconds``);
-- every entry carries a header with its length, optional expiry and a checksum
-  (:mod:`.disk_format`); a damaged, truncated or expired entry is deleted and read as a miss;
-- the byte budget is kept in a ledger under ``flock`` (:mod:`.disk_ledger`): room is reserved
-  before a write, so the directory never exceeds ``capacity_bytes``, whatever the number of
-  writers; least recently used entries are evicted, and recency is shared across processes
-  through the files' mtime (a hit touches the file, at most once a second);
-- files are 0600 and directories 0700 whatever the umask, names are hashes of the keys;
+- an entry is appended with one write and filed in the index only afterwards, and every entry
+  carries a header with its length, optional expiry and a checksum that also covers its key
+  (:mod:`.disk_format`): a reader gets a whole, verified entry or a miss; a damaged,
+  truncated, misfiled or expired entry is dropped from the index, counted, and read as a miss;
+- the byte budget is the sum of the segments' allocations: room is reserved (a chunk at a
+  time) before anything is appended, and evicted files are deleted (and truncated, so that
+  open fds do not pin them) before the transaction that frees their room commits; so the pack
+  files never hold more than ``capacity_bytes``, whatever the number of writers. Two rare
+  cases go over for a moment: a writer whose open segment is evicted under it (the last
+  resort, when live writers hold all the room) writes at most the one entry in hand into the
+  deleted file, freed as soon as filing it fails; and after a damaged index was replaced, a
+  writer of another process may fill the rest of its current chunk (at most 1 MiB) into a
+  deleted file until it notices, within a second. The index database (~100 bytes per entry,
+  plus its WAL) is not counted;
+- when full, whole segments are evicted, oldest first (first in, first out);
+- a writer killed at any moment leaves at most an unfiled tail in its segment, never read;
+  its segment is sealed, or evicted when room is needed, once its ``flock`` is gone;
+- files are 0600 and directories 0700 whatever the umask; keys are hashed, file names are
+  segment ids;
 - a full disk (ENOSPC, EDQUOT) or a read-only or unusable directory turns writing off with one
-  warning; reads of what is there keep working.
+  warning; reads of what is there keep working;
+- nothing is held across ``fork``: SQLite connections are closed before it, and the child
+  closes the inherited fds and starts its own segment.
 
-The methods are synchronous and cheap for small entries (one open, fstat, two reads and close
-per hit; no directory scans outside eviction); call them from a worker thread in async code.
-Nothing is held across ``fork``: the child drops the inherited ledger fd and locks.
+A hit costs one indexed lookup and one ``pread`` on a cached fd; a put, one ``pwrite`` and one
+index row (plus a reservation every chunk). The methods are synchronous; call them from a
+worker thread in async code. The directory must be on a local filesystem (SQLite's WAL needs
+shared memory).
 """
 
 from __future__ import annotations
@@ -27,87 +41,75 @@ import errno
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from .disk_format import (
-    HEADER_SIZE,
-    EntryFormatError,
-    decode_header,
-    encode_header,
-    verify_payload,
-)
-from .disk_layout import DiskLayout
-from .disk_ledger import Ledger, Reservation
+from .disk_format import HEADER_SIZE, encode_header
+from .disk_index import Location, PackIndex, error_kind
+from .disk_layout import DiskLayout, entry_key
+from .disk_segments import ReadFds
+from .disk_writer import PackWriter
 
 logger = logging.getLogger(__name__)
 
 _DISABLING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
                                errno.EPERM})
-_TOUCH_INTERVAL_S = 1.0
 _STAT_KEYS = ("hits", "misses", "writes", "corrupt", "expired", "evictions", "errors",
               "rejected", "bytes_read", "bytes_written")
+_MAX_SEGMENT_BYTES = 64 << 20
+_MAX_CHUNK_BYTES = 1 << 20
+_CHECK_INTERVAL_S = 1.0  # how often a reader looks whether the index was replaced
 _LIVE: weakref.WeakSet[DiskTier] = weakref.WeakSet()
-
-
-def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
-    """Write every byte of ``parts`` to ``fd`` (the one low-level write; tests inject faults)."""
-    views = [memoryview(p) for p in parts if len(p)]
-    while views:
-        written = os.writev(fd, views)
-        while views and written >= views[0].nbytes:
-            written -= views[0].nbytes
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
-
-
-def _read_exact(fd: int, length: int) -> bytes:
-    """``length`` bytes from ``fd``; raises :class:`EntryFormatError` on a short file."""
-    data = os.read(fd, length)
-    if len(data) == length:
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < length:
-        more = os.read(fd, length - got)
-        if not more:
-            raise EntryFormatError(f"truncated payload ({got} of {length} bytes)")
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
+_FORKING: list[DiskTier] = []  # the tiers locked by the before-fork hook
 
 
 class DiskTier:
     """A cache directory of ``capacity_bytes`` at most, shared by the node's processes.
 
-    ``name`` keys are opaque strings (e.g. :attr:`BlockKey.digest`); they are hashed again for
-    the file name. ``capacity_bytes`` counts whole files (a 28-byte header plus the payload).
-    ``evict_fraction`` of the capacity is freed at once when full, so eviction scans are rare.
-    ``clock`` gives the time used for expiry (seconds since the epoch). The constructor does no
-    I/O; the directory is created and checked on first use.
+    ``name`` keys are opaque strings (e.g. :attr:`BlockKey.digest`); the index holds their
+    hash. ``capacity_bytes`` counts the pack files (a 28-byte header plus the payload per
+    entry). ``segment_bytes`` is the size at which a pack file is sealed (by default
+    ``capacity / 16``, at most 64 MiB): the unit of eviction. ``clock`` gives the time used for
+    expiry (seconds since the epoch). The constructor does no I/O; the directory is created and
+    checked on first use.
     """
 
     def __init__(self, directory: str | os.PathLike[str], capacity_bytes: int, *,
-                 evict_fraction: float = 0.05, stale_tmp_seconds: float = 600.0,
+                 segment_bytes: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
-        if not 0.0 <= evict_fraction < 1.0:
-            raise ValueError(f"evict_fraction must be in [0, 1), got {evict_fraction}")
+        if segment_bytes is not None and segment_bytes <= 0:
+            raise ValueError(f"segment_bytes must be > 0, got {segment_bytes}")
         self._layout = DiskLayout(os.fspath(directory))
         self._capacity = capacity_bytes
+        self._segment_bytes = segment_bytes or max(min(capacity_bytes // 16,
+                                                       _MAX_SEGMENT_BYTES), 1)
+        # Room is reserved a chunk at a time; a writer may hold one unused chunk.
+        self._chunk = min(self._segment_bytes, _MAX_CHUNK_BYTES,
+                          max(capacity_bytes // 64, 64 << 10))
         self._clock = clock
-        self._ledger = Ledger(self._layout, capacity_bytes, evict_fraction=evict_fraction,
-                              stale_tmp_seconds=stale_tmp_seconds)
-        self._mutex = threading.RLock()
+        self._index = PackIndex(self._layout)
+        self._readers = ReadFds()
+        self._writer = PackWriter(self._index, capacity=capacity_bytes,
+                                  segment_bytes=self._segment_bytes, chunk=self._chunk)
+        self._mutex = threading.RLock()  # first use (taken before the two below)
+        self._stats_lock = threading.Lock()  # counters (taken last)
+        self._write_lock = threading.RLock()  # the writer connection and the open segment
+        self._read_lock = threading.Lock()  # the reader connection and read fds (taken second)
         self._ready = False
         self._writable = True
         self._closed = False
+        self._next_check = 0.0
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
         _LIVE.add(self)
+
+    def __del__(self) -> None:  # dropped without close(): seal the segment, close everything
+        with contextlib.suppress(Exception):
+            self._let_go()
 
     def __repr__(self) -> str:
         return f"DiskTier({self._layout.root!r}, capacity_bytes={self._capacity})"
@@ -119,7 +121,7 @@ class DiskTier:
 
     @property
     def capacity_bytes(self) -> int:
-        """The byte budget of the whole directory."""
+        """The byte budget of the pack files."""
         return self._capacity
 
     @property
@@ -129,130 +131,133 @@ class DiskTier:
 
     def get(self, name: str) -> bytes | None:
         """The payload stored for ``name``, or ``None`` on a miss (damaged and expired entries
-        are deleted and read as misses)."""
-        if not self._ensure_ready():
+        are dropped and read as misses)."""
+        if (not self._ready and not self._ensure_ready()) or self._closed:
             return None
-        path = self._layout.entry_path(name)
+        if time.monotonic() >= self._next_check:
+            self._check_now()
+            if not self._ensure_ready():
+                return None
+        key = entry_key(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
+            with self._read_lock:
+                where = self._index.lookup(key)
+                found = self._read(key, where) if where is not None else None
+        except sqlite3.Error as exc:
             self._count("misses")
+            self._index_error("looking up an entry", exc)
             return None
-        except OSError as exc:
-            self._count("misses", "errors")
-            logger.debug("disk cache: cannot open %s: %s", path, exc)
-            return None
-        try:
-            payload = self._read_entry(fd, path)
-        finally:
-            os.close(fd)
-        self._count("hits" if payload is not None else "misses",
-                    bytes_read=len(payload) if payload is not None else 0)
-        return payload
+        if isinstance(found, bytes):
+            self._count("hits", bytes_read=len(found))
+            return found
+        self._count("misses")
+        if found is not None and where is not None:  # "expired" or "corrupt"
+            self._forget(key, where, found)
+        return None
 
     def put(self, name: str, data: bytes | bytearray | memoryview, *,
             expires_at: float | None = None) -> bool:
-        """Store ``data`` under ``name``, replacing any older entry atomically. ``False`` when it
-        was not stored: tier disabled, entry larger than the capacity, no room left (all of it
-        reserved by writes in flight), already expired, or an I/O error."""
+        """Store ``data`` under ``name`` (a later put of the same name replaces it). ``False``
+        when it was not stored: tier disabled, entry larger than the capacity, no room left
+        (all of it held by live writers), already expired, or an I/O error."""
         if not self.enabled:
             return False
         view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
         if expires_at is not None and (math.isnan(expires_at) or expires_at <= self._clock()):
             return False
-        header = encode_header(view, expires_at)
         size = HEADER_SIZE + view.nbytes
         if size > self._capacity:
             self._count("rejected")
             return False
-        try:
-            reservation = self._ledger.reserve(size)
-        except OSError as exc:
-            self._fail("reserving room", exc)
-            return False
-        if reservation is None:
-            self._count("rejected")
-            return False
-        if reservation.evicted:
-            self._count(evictions=reservation.evicted)
-        return self._write(reservation, self._layout.entry_path(name), header, view)
+        # (needs_room read unlocked: a stale answer only moves a check to the next put)
+        if time.monotonic() >= self._next_check or self._writer.needs_room(size):
+            self._check_now()
+            if not self._ensure_ready():
+                return False
+        key = entry_key(name)
+        header = encode_header(view, expires_at, key=key)
+        with self._write_lock:
+            try:
+                stored, evicted = self._writer.store(key, (header, view), expires_at)
+            except OSError as exc:
+                self._fail("writing an entry", exc)
+                return False
+            except sqlite3.Error as exc:
+                self._index_error("writing an entry", exc)
+                return False
+        self._count("writes" if stored else "rejected", evictions=evicted,
+                    bytes_written=view.nbytes if stored else 0)
+        return stored
 
     def remove(self, name: str) -> None:
         """Delete the entry of ``name`` if there is one."""
         if self._ensure_ready():
             try:
-                self._ledger.discard(self._layout.entry_path(name))
-            except OSError as exc:
-                self._count("errors")
-                logger.debug("disk cache: cannot remove an entry: %s", exc)
+                with self._write_lock:
+                    self._index.forget(entry_key(name))
+            except sqlite3.Error as exc:
+                self._index_error("removing an entry", exc)
 
     def __contains__(self, name: object) -> bool:
-        """Whether an unexpired entry of the right size is stored (the checksum is not read)."""
-        if not isinstance(name, str) or not self._ensure_ready():
-            return False
-        try:
-            fd = os.open(self._layout.entry_path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            header = decode_header(os.read(fd, HEADER_SIZE), os.fstat(fd).st_size)
-        except (OSError, EntryFormatError):
-            return False
-        finally:
-            os.close(fd)
-        return header.expires_at is None or header.expires_at > self._clock()
+        """Whether an unexpired entry is filed for ``name`` (nothing is read or verified)."""
+        return isinstance(name, str) and self.has(name)
 
     def has(self, name: str) -> bool:
-        """Whether a file is stored for ``name``: one ``stat``, nothing read or verified (a
-        cheap guess for prefetching; :meth:`get` still checks the entry)."""
+        """Whether an unexpired entry is filed for ``name``: one index lookup, nothing read
+        (a cheap guess for prefetching; :meth:`get` still checks the entry)."""
         if not self._ensure_ready():
             return False
         try:
-            return os.stat(self._layout.entry_path(name)).st_size > HEADER_SIZE
-        except OSError:
+            with self._read_lock:
+                where = self._index.lookup(entry_key(name))
+        except sqlite3.Error:
             return False
+        return where is not None and (where.expires is None or where.expires > self._clock())
 
     def used_bytes(self) -> int:
-        """Bytes in the directory as accounted by all its processes (entries and writes in
-        flight); 0 when the tier is unusable."""
+        """Bytes of the budget in use by all processes (pack files plus the unused part of
+        open segments' allocations); 0 when the tier is unusable."""
         if not self._ensure_ready():
             return 0
         try:
-            return self._ledger.used()
-        except OSError as exc:
-            self._count("errors")
-            logger.debug("disk cache: cannot read the ledger: %s", exc)
+            with self._read_lock:
+                return self._index.used()
+        except sqlite3.Error as exc:
+            self._index_error("reading the budget", exc)
             return 0
 
     def stats(self) -> dict[str, int]:
         """This process's counters (reset in a forked child) plus ``bytes`` (used_bytes) and
         ``capacity``."""
-        with self._mutex:
+        with self._stats_lock:
             out = dict(self._stats)
         out["bytes"] = self.used_bytes()
         out["capacity"] = self._capacity
         return out
 
     def close(self) -> None:
-        """Release the ledger fd; afterwards gets miss and puts return ``False``."""
+        """Seal this process's segment and close every fd and connection; afterwards gets miss
+        and puts return ``False``."""
         self._closed = True
-        with contextlib.suppress(OSError):
-            self._ledger.close()
+        self._let_go()
+
+    # -- first use, errors, fork --------------------------------------------------------------
 
     def _ensure_ready(self) -> bool:
-        # (a forked child is reset by the at-fork hook below, not by a getpid() per call)
+        # (a forked child is reset by the at-fork hooks below, not by a getpid() per call)
         if self._closed:
             return False
         if self._ready:
             return True
         with self._mutex:
-            if not self._ready:
+            if not self._ready and not self._closed:
                 self._prepare()
         return self._ready
 
     def _prepare(self) -> None:
-        """Create and check the directory; a refused one turns the tier off, an unwritable one
-        (read-only filesystem, full disk) leaves it reading what is there."""
+        """Create and check the directory, connect to the index and reclaim what dead writers
+        left; a refused directory turns the tier off, an unwritable one (read-only
+        filesystem, full disk) leaves it reading what is there."""
         try:
             refusal, warning = self._layout.check()
         except OSError as exc:
@@ -265,96 +270,152 @@ class DiskTier:
             logger.warning("disk cache: %s", warning)
         try:
             self._layout.create_tree()
+            if self._layout.remove_legacy():
+                logger.info("disk cache: removed a cache of the former layout in %s",
+                            self._layout.root)
         except OSError as exc:
             self._fail("preparing the directory", exc)
+        try:
+            with self._write_lock:
+                self._index.reader()
+                if self._writable and not self._index.readonly:
+                    self._index.reclaim()
+        except OSError as exc:
+            self._fail("opening the index", exc)
+        except sqlite3.Error as exc:
+            self._index_error("opening the index", exc)
+        if self._index.readonly:
+            self._disable("opening the index", "read-only filesystem")
         self._ready = True
-
-    def _after_fork(self) -> None:
-        """Forget everything tied to the parent process (locks, ledger fd, counters)."""
-        self._mutex = threading.RLock()
-        self._ledger.after_fork()
-        self._stats = dict.fromkeys(_STAT_KEYS, 0)
-
-    def _read_entry(self, fd: int, path: str) -> bytes | None:
-        """Read and check an open entry; deletes it when damaged or expired."""
-        st = os.fstat(fd)
-        header = None
-        try:
-            header = decode_header(os.read(fd, HEADER_SIZE), st.st_size)
-            payload = _read_exact(fd, header.length)
-            verify_payload(header, payload)
-        except EntryFormatError as exc:
-            logger.warning("disk cache: deleting damaged entry %s: %s", path, exc)
-            # a file whose size is not the one written is recounted rather than subtracted
-            self._drop(path, st.st_ino, "corrupt", recount=header is None)
-            return None
-        except OSError as exc:
-            self._count("errors")
-            logger.debug("disk cache: cannot read %s: %s", path, exc)
-            return None
-        if header.expires_at is not None and header.expires_at <= self._clock():
-            self._drop(path, st.st_ino, "expired")
-            return None
-        if time.time() - st.st_mtime > _TOUCH_INTERVAL_S:
-            with contextlib.suppress(OSError):  # recency for LRU eviction, across processes
-                os.utime(fd)
-        return payload
-
-    def _drop(self, path: str, inode: int, counter: str, *, recount: bool = False) -> None:
-        self._count(counter)
-        try:
-            self._ledger.discard(path, inode, recount=recount)
-        except OSError as exc:
-            self._count("errors")
-            logger.debug("disk cache: cannot delete %s: %s", path, exc)
-
-    def _write(self, reservation: Reservation, path: str, header: bytes,
-               view: memoryview) -> bool:
-        try:
-            try:
-                _write_all(reservation.fd, (header, view))
-            finally:
-                os.close(reservation.fd)
-            stored = self._ledger.commit(reservation, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._ledger.release(reservation)
-            self._fail("writing an entry", exc)
-            return False
-        if not stored:
-            self._count("errors")
-            return False
-        self._count("writes", bytes_written=view.nbytes)
-        return True
 
     def _fail(self, what: str, exc: OSError) -> None:
         """Count an I/O error; a full disk or unwritable directory turns writing off."""
         self._count("errors")
         if exc.errno in _DISABLING_ERRNOS:
-            with self._mutex:
-                first, self._writable = self._writable, False
-            if first:
-                logger.warning("disk cache %s: writing disabled after %s: %s; cached entries "
-                               "are still read", self._layout.root, what, exc)
+            self._disable(what, exc)
         elif isinstance(exc, FileNotFoundError):  # the directory was removed under us
             self._ready = False
-            with contextlib.suppress(OSError):
-                self._ledger.close(reopen=True)
+            self._let_go()
         else:
             logger.debug("disk cache: error %s: %s", what, exc)
 
+    def _index_error(self, what: str, exc: sqlite3.Error) -> None:
+        """Count an index error: a damaged index is replaced by an empty one, a full disk or
+        read-only database turns writing off, anything else (busy) is only counted."""
+        self._count("errors")
+        kind = error_kind(exc)
+        if kind == "corrupt":
+            logger.warning("disk cache %s: the index is damaged (%s); starting an empty one",
+                           self._layout.root, exc)
+            try:
+                self._let_go(reset=True)
+            except (OSError, sqlite3.Error) as again:
+                self._disable("replacing the damaged index", again)
+        elif kind in ("full", "readonly"):
+            self._disable(what, exc)
+        else:
+            logger.debug("disk cache: error %s: %s", what, exc)
+
+    def _disable(self, what: str, why: object) -> None:
+        with self._stats_lock:
+            first, self._writable = self._writable, False
+        if first:
+            logger.warning("disk cache %s: writing disabled after %s: %s; cached entries are "
+                           "still read", self._layout.root, what, why)
+
+    def _before_fork(self) -> None:
+        """Close the SQLite connections (SQLite's per-process lock bookkeeping must not be
+        inherited) and hold the locks so that no thread is inside the tier at the fork."""
+        self._write_lock.acquire()
+        self._read_lock.acquire()
+        self._index.disconnect()
+
+    def _after_fork_in_parent(self) -> None:
+        self._read_lock.release()
+        self._write_lock.release()
+
+    def _after_fork(self) -> None:
+        """In the child: close the inherited fds (the segment's flock stays the parent's),
+        start a segment of its own when it writes, count afresh."""
+        self._mutex = threading.RLock()
+        self._stats_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self._writer.forget()
+        self._readers.close_all()
+        self._index.after_fork()
+        self._stats = dict.fromkeys(_STAT_KEYS, 0)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, key: bytes, where: Location) -> bytes | str | None:
+        """The verified payload at ``where`` (under the read lock); ``"expired"`` or
+        ``"corrupt"`` when the row must be dropped, ``None`` for a plain miss."""
+        if where.expires is not None and where.expires <= self._clock():
+            return "expired"
+        found = self._readers.read(self._layout, where.segment, where.offset, where.length, key)
+        if found == "error":
+            self._count("errors")
+            return None
+        return found
+
+    def _forget(self, key: bytes, where: Location, counter: str) -> None:
+        self._count(counter)
+        try:
+            with self._write_lock:
+                self._index.forget(key, where)
+        except sqlite3.Error as exc:
+            self._index_error("dropping an entry", exc)
+
+    def _check_now(self) -> None:
+        """Connect again when another process replaced the index (a reader looks once a
+        second)."""
+        self._next_check = time.monotonic() + _CHECK_INTERVAL_S
+        with self._write_lock:
+            self._check_index()
+
+    def _check_index(self) -> None:
+        if self._index.stale():  # replaced after damage, or removed with the directory
+            self._let_go()
+            self._ready = False  # the next use prepares the directory again
+
+    def _let_go(self, *, reset: bool = False) -> None:
+        """Seal and close the segment, close the read fds and the index connections (after
+        replacing a damaged index, with ``reset``)."""
+        with self._write_lock, self._read_lock:
+            self._writer.drop()
+            self._readers.close_all()
+            if reset:
+                self._index.reset()
+            else:
+                self._index.disconnect()
+
     def _count(self, *names: str, **amounts: int) -> None:
-        with self._mutex:
+        with self._stats_lock:
             for name in names:
                 self._stats[name] += 1
             for name, amount in amounts.items():
                 self._stats[name] += amount
 
 
+def _before_fork() -> None:
+    _FORKING[:] = list(_LIVE)
+    for tier in _FORKING:
+        tier._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for tier in _FORKING:
+        tier._after_fork_in_parent()
+    _FORKING.clear()
+
+
 def _after_fork_in_child() -> None:
-    for tier in list(_LIVE):
+    for tier in _FORKING:
         tier._after_fork()
+    _FORKING.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

@@ -1,4 +1,5 @@
-"""On-disk layout of one disk-cache entry: a fixed header followed by the payload.
+"""The format of one disk-cache entry, as appended to a pack file: a fixed header, then the
+payload.
 
 ::
 
@@ -11,9 +12,11 @@
     16     8     expires_at, seconds since the epoch as a float64 (0.0 when unset)
     24     4     checksum of bytes [0, 24) followed by the payload
 
-The checksum covers the header fields as well as the payload, so a damaged length, flag or
-expiry is caught just like a damaged payload; the length is also checked against the file
-size, so a truncated or extended file is caught before the checksum is even computed.
+The checksum covers the entry's key (the digest the index files it under, never stored in the
+entry), the header fields and the payload: a damaged length, flag or expiry is caught just like
+a damaged payload, and so is an index row that points at another key's whole, valid entry. The
+length is also checked against the bytes read, so a truncated entry is caught before the
+checksum is even computed.
 """
 
 from __future__ import annotations
@@ -76,19 +79,20 @@ class EntryHeader:
 
 
 def encode_header(payload: Buffer, expires_at: float | None = None, *,
-                  algorithm: int = CHECKSUM_ID) -> bytes:
-    """The header to write in front of ``payload``."""
+                  algorithm: int = CHECKSUM_ID, key: bytes = b"") -> bytes:
+    """The header to write in front of ``payload`` stored under ``key``."""
     flags = _FLAG_EXPIRES if expires_at is not None else 0
     expiry = float(expires_at) if expires_at is not None else 0.0
     length = memoryview(payload).nbytes
     prefix = _HEADER.pack(MAGIC, FORMAT_VERSION, algorithm, flags, length, expiry, 0)
     prefix = prefix[:_CHECKED]
-    crc = checksum(payload, checksum(prefix, 0, algorithm), algorithm)
+    crc = checksum(payload, checksum(prefix, checksum(key, 0, algorithm), algorithm), algorithm)
     return prefix + struct.pack("<I", crc)
 
 
 def decode_header(raw: bytes, file_size: int | None = None) -> EntryHeader:
-    """Parse and sanity-check a header; ``file_size`` (when known) must match its length.
+    """Parse and sanity-check a header; ``file_size`` (the bytes of the whole entry, when
+    known) must match its length.
 
     Raises :class:`EntryFormatError` for anything that is not a header written by this
     version of the format.
@@ -107,27 +111,41 @@ def decode_header(raw: bytes, file_size: int | None = None) -> EntryHeader:
     return EntryHeader(length, expires_at, crc, algorithm, bytes(raw[:_CHECKED]))
 
 
-def verify_payload(header: EntryHeader, payload: Buffer) -> None:
-    """Raise :class:`EntryFormatError` unless ``payload`` is the one ``header`` describes."""
+def verify_payload(header: EntryHeader, payload: Buffer, key: bytes = b"") -> None:
+    """Raise :class:`EntryFormatError` unless ``payload`` is the one ``header`` describes,
+    stored under ``key``."""
     view = memoryview(payload)
     if view.nbytes != header.length:
         raise EntryFormatError(f"payload is {view.nbytes} bytes, header says {header.length}")
     algorithm = header.algorithm
-    if checksum(view, checksum(header.prefix, 0, algorithm), algorithm) != header.crc:
+    start = checksum(header.prefix, checksum(key, 0, algorithm), algorithm)
+    if checksum(view, start, algorithm) != header.crc:
         raise EntryFormatError("checksum mismatch")
 
 
 def encode_entry(payload: Buffer, expires_at: float | None = None, *,
-                 algorithm: int = CHECKSUM_ID) -> bytes:
-    """Header and payload as one byte string (tests and tools; the writer uses writev)."""
-    return encode_header(payload, expires_at, algorithm=algorithm) + bytes(payload)
+                 algorithm: int = CHECKSUM_ID, key: bytes = b"") -> bytes:
+    """Header and payload as one byte string (tests and tools; the writer uses pwritev)."""
+    return encode_header(payload, expires_at, algorithm=algorithm, key=key) + bytes(payload)
 
 
-def decode_entry(raw: Buffer) -> tuple[bytes, float | None]:
-    """Payload and expiry of a whole entry file's bytes, checked; :class:`EntryFormatError`
-    for anything damaged."""
+def decode_entry(raw: Buffer, key: bytes = b"") -> tuple[bytes, float | None]:
+    """Payload and expiry of one whole entry's bytes (exactly its length), checked;
+    :class:`EntryFormatError` for anything damaged. (The disk tier's read path: one unpack,
+    one checksum pass, one copy of the payload.)"""
     view = memoryview(raw)
-    header = decode_header(bytes(view[:HEADER_SIZE]), file_size=view.nbytes)
+    if view.nbytes < HEADER_SIZE:
+        raise EntryFormatError(f"short header ({view.nbytes} bytes)")
+    magic, version, algorithm, flags, length, expiry, crc = _HEADER.unpack_from(view)
+    crc_of = CHECKSUMS.get(algorithm)
+    if magic != MAGIC or version != FORMAT_VERSION or crc_of is None:
+        raise EntryFormatError("not an entry of this format version")
+    if flags & ~_KNOWN_FLAGS or (not flags & _FLAG_EXPIRES and expiry != 0.0):
+        raise EntryFormatError("unknown header flags")
+    if view.nbytes != HEADER_SIZE + length:
+        raise EntryFormatError(f"size {view.nbytes} does not match the header's "
+                               f"{HEADER_SIZE + length}")
     payload = view[HEADER_SIZE:]
-    verify_payload(header, payload)
-    return bytes(payload), header.expires_at
+    if crc_of(payload, crc_of(view[:_CHECKED], crc_of(key, 0))) != crc:
+        raise EntryFormatError("checksum mismatch")
+    return bytes(payload), expiry if flags & _FLAG_EXPIRES else None

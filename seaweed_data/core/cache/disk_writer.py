@@ -1,0 +1,110 @@
+"""The appending side of the disk tier in one process: its open segment and its puts.
+
+An entry is appended with one ``pwritev`` (:func:`write_all`) inside the room the index
+granted this segment, and filed in the index only afterwards, so a row always points at a
+whole entry. Room is reserved a chunk at a time (:meth:`.PackIndex.reserve`), so most puts
+cost one write and one index row. When the segment was evicted under us (the last resort of
+another writer short of room), filing fails, the entry is dropped with the segment, and the put
+is tried once more in a new segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Sequence
+
+from .disk_index import Location, PackIndex
+from .disk_segments import OpenSegment
+
+
+def write_all(fd: int, parts: Sequence[bytes | memoryview], offset: int) -> None:
+    """Write every byte of ``parts`` to ``fd`` at ``offset`` (the one low-level write; tests
+    inject faults here)."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+class PackWriter:
+    """This process's open segment of one directory. Not thread-safe: the caller holds a
+    lock. Errors (``OSError``, ``sqlite3.Error``) reach the caller, which judges them."""
+
+    def __init__(self, index: PackIndex, *, capacity: int, segment_bytes: int,
+                 chunk: int) -> None:
+        self._index = index
+        self._capacity = capacity
+        self._segment_bytes = segment_bytes
+        self._chunk = chunk
+        self.segment: OpenSegment | None = None
+
+    def __del__(self) -> None:  # a tier dropped without close(): others seal the segment
+        self.forget()
+
+    def needs_room(self, size: int) -> bool:
+        """Whether an entry of ``size`` bytes needs a reservation first."""
+        segment = self.segment
+        return segment is None or segment.offset + size > segment.allocated
+
+    def store(self, key: bytes, parts: Sequence[bytes | memoryview],
+              expires_at: float | None) -> tuple[bool, int]:
+        """Append and file one entry; returns ``(stored, entries evicted to make room)``;
+        not stored when no room can be made (live writers hold all of it)."""
+        size = sum(len(p) for p in parts)
+        evicted = 0
+        for _ in range(2):  # a second try when the segment was evicted under us
+            segment, more = self._room_for(size)
+            evicted += more
+            if segment is None:
+                return False, evicted
+            where = Location(segment.id, segment.offset, size, expires_at)
+            segment.offset += size  # (after a failed write too: never write over a torn entry)
+            write_all(segment.fd, parts, where.offset)
+            if self._index.insert(key, where):
+                return True, evicted
+            self.drop(sealed=True)
+        return False, evicted
+
+    def _room_for(self, size: int) -> tuple[OpenSegment | None, int]:
+        segment = self.segment
+        if segment is not None and segment.offset + size <= segment.allocated:
+            return segment, 0
+        current = (segment.id, segment.offset, segment.allocated) if segment else None
+        grant = self._index.reserve(current, size, chunk=self._chunk,
+                                    segment_bytes=self._segment_bytes, capacity=self._capacity)
+        if segment is not None and grant.segment == segment.id:
+            segment.allocated = grant.allocated
+            return segment, grant.evicted
+        self.drop(sealed=True)  # sealed by the reservation, or evicted
+        if grant.segment is None or grant.fd is None:
+            return None, grant.evicted
+        self.segment = OpenSegment(grant.segment, grant.fd, 0, grant.allocated)
+        return self.segment, grant.evicted
+
+    def drop(self, *, sealed: bool = False) -> None:
+        """Stop appending: seal the segment at its size (unless the index already did; best
+        effort, a dead writer's segment is sealed by others) and close its fd, which releases
+        its flock."""
+        segment, self.segment = self.segment, None
+        if segment is None:
+            return
+        if not sealed:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self._index.seal(segment.id, segment.offset)
+        with contextlib.suppress(OSError):
+            os.close(segment.fd)
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited fd without sealing (the segment and its
+        flock stay the parent's)."""
+        segment, self.segment = self.segment, None
+        if segment is not None:
+            with contextlib.suppress(OSError):
+                os.close(segment.fd)
