@@ -132,6 +132,7 @@ def gpu_train_rows(data: dict[str, Any]) -> list[Row]:
 EXTRACTORS: dict[str, Extractor] = {
     "client": client_rows, "eviction": eviction_rows, "engine": engine_rows,
     "imagefolder": imagefolder_rows, "checkpoint": checkpoint_rows, "tfrecord": tfrecord_rows,
+    "tfrecord_python": tfrecord_rows,
     "gpu_train": gpu_train_rows,
 }
 

@@ -219,9 +219,8 @@ class Bench:
         self.stats.setdefault(tag, []).append(ds.stats())
         del loader
         ds.close()
-        # The cache directory stays until the run ends: deleting 10,000 files here would
-        # make the next case pay for it (on this VM's ext4, mounted with 'discard', freeing
-        # blocks slows every file creation for a while).
+        # The cache directory (a few pack files) stays until the run ends: freeing its
+        # blocks on this VM's ext4 (mounted with 'discard') would slow the next case's writes.
 
     def naive(self) -> float:
         ds = NaiveHTTP(self.cluster.filer_url, self.remote_samples)

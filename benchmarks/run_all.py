@@ -64,6 +64,9 @@ BENCHMARKS = (
               ("--quick", "--rounds", "1"), modules=("torch",)),
     Benchmark("tfrecord", "tfrecord_bench.py", ("--rounds", "3"),
               ("--rounds", "1", "--shards", "2", "--shard-mb", "4"), modules=("tensorflow",)),
+    Benchmark("tfrecord_python", "tfrecord_bench.py", ("--rounds", "3", "--consumer", "python"),
+              ("--rounds", "1", "--shards", "2", "--shard-mb", "4", "--consumer", "python"),
+              modules=("tensorflow",)),
     Benchmark("gpu_train", "gpu_train.py", (), ("--images", "2000", "--epochs", "1"),
               modules=("torchvision",), cuda=True),
 )
