@@ -284,6 +284,23 @@ def test_damaged_entry_is_dropped_and_refetched(root: Path, damage: Any) -> None
     assert tier.put("k", data) and tier.get("k") == data  # the caller's refetch
 
 
+def test_has_many_answers_for_a_whole_epoch_of_names_at_once(root: Path) -> None:
+    now = [1000.0]
+    tier = DiskTier(root, 1 << 22, clock=lambda: now[0])
+    assert tier.has_many(["a"]) == set()  # nothing there yet (and no directory either)
+    stored = {f"k{i}" for i in range(0, 1200, 2)}  # more names than one query takes
+    for name in stored:
+        assert tier.put(name, b"v")
+    assert tier.put("ttl", b"v", expires_at=1010.0)
+    names = [f"k{i}" for i in range(1200)] + ["ttl", "../x\x00"]
+    assert tier.has_many(names) == stored | {"ttl"}
+    now[0] = 1011.0
+    assert tier.has_many(names) == stored
+    assert all(tier.has(name) for name in stored) and not tier.has("k1")
+    tier.close()
+    assert tier.has_many(names) == set()
+
+
 def test_expired_entries_are_dropped_on_read(root: Path) -> None:
     now = [1000.0]
     tier = DiskTier(root, 1 << 20, clock=lambda: now[0])

@@ -59,6 +59,7 @@ class ItemReads:
         self._download = download
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
+        self._on_disk: set[BlockKey] = set()  # hinted files the disk tier held at hint time
         self._inflight: dict[BlockKey, _Shared] = {}
         self._order: OrderDetector | None = None
 
@@ -77,12 +78,15 @@ class ItemReads:
         known = known or {}
         self._hinted = {p: known[p] for p in everything if p in known}
         self._hinted.update(await self._warm([p for p in everything if p not in known]))
+        self._on_disk = set()
+        await self._look_on_disk(everything)
         self.cache.set_future(everything)
         self.prefetcher.set_hints(everything if prefetch_next else paths)
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         """More reads after the announced ones (e.g. the next epoch, computed ahead)."""
         self._hinted.update(await self._warm(paths))
+        await self._look_on_disk(paths)
         self.cache.extend_future(paths)
         self.prefetcher.extend_hints(paths)
 
@@ -181,9 +185,22 @@ class ItemReads:
                 return cached
         return await self._single_flight(entry, key)
 
+    async def _look_on_disk(self, paths: Sequence[str]) -> None:
+        """Note which hinted files the disk tier holds, all in one go (one query per file
+        would cost the prefetcher more than some reads). A file stored later by another
+        process is not noted; its prefetch then finds it on disk before fetching."""
+        if self.cache.disk is None:
+            return
+        keys = {whole_file_key(e) for e in (self._hinted.get(p) for p in paths)
+                if e is not None and self._cacheable(e)}
+        self._on_disk |= await asyncio.to_thread(self.cache.on_disk, list(keys))
+
     def _needs_fetch(self, path: str) -> bool:
         entry = self._hinted.get(path)
-        return entry is None or not self.cache.contains(whole_file_key(entry))
+        if entry is None:
+            return True
+        key = whole_file_key(entry)
+        return key not in self.cache.memory and key not in self._on_disk
 
     def _size_of(self, path: str) -> int:
         entry = self._hinted.get(path)

@@ -61,6 +61,7 @@ _SCHEMA = (
     "CREATE INDEX entries_by_segment ON entries(segment)",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
+_KEYS_PER_QUERY = 500  # bound variables per query (SQLite allows at least 999)
 _INSERT = ("INSERT OR REPLACE INTO entries SELECT ?, ?, ?, ?, ? "
            "WHERE EXISTS (SELECT 1 FROM segments WHERE id = ?)")
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
@@ -244,6 +245,20 @@ class PackIndex:
             "SELECT segment, offset, length, expires FROM entries WHERE key = ?",
             (key,)).fetchone()
         return Location(*row) if row is not None else None
+
+    def present(self, keys: list[bytes], now: float) -> set[bytes]:
+        """Which of ``keys`` have an entry that has not expired by ``now``: a few queries
+        for any number of keys, where :meth:`lookup` costs one each."""
+        found: set[bytes] = set()
+        reader = self.reader()
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            batch = keys[start:start + _KEYS_PER_QUERY]
+            marks = ",".join("?" * len(batch))
+            rows = reader.execute(
+                f"SELECT key FROM entries WHERE key IN ({marks}) "  # only "?"s formatted in
+                "AND (expires IS NULL OR expires > ?)", (*batch, now))
+            found.update(row[0] for row in rows)
+        return found
 
     def used(self) -> int:
         """The bytes allocated to segments: the budget in use."""

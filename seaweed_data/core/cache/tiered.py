@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing.util
+import threading
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -24,6 +26,8 @@ from .policy import make_policy
 
 if TYPE_CHECKING:
     from .disk import DiskTier
+
+log = logging.getLogger(__name__)
 
 OFFLOAD_BYTES = 1 << 20
 ENTRY_OVERHEAD_BYTES = 512
@@ -41,7 +45,9 @@ class TieredCache:
         self.disk: DiskTier | None = None
         self._writer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="seaweed_data-disk")
-        self._pending: deque[concurrent.futures.Future[bool]] = deque()
+        self._queued: deque[tuple[str, bytes, float | None]] = deque()
+        self._queue_lock = threading.Lock()
+        self._draining: concurrent.futures.Future[None] | None = None
         # Writes still queued when a process ends (a DataLoader worker) are finished first.
         multiprocessing.util.Finalize(self, self._writer.shutdown, exitpriority=10)
         if config.disk_cache_dir and config.disk_cache_bytes > 0:
@@ -57,6 +63,14 @@ class TieredCache:
     def contains(self, key: BlockKey) -> bool:
         """Whether a tier holds ``key`` (on disk: a row in the index, not yet verified)."""
         return key in self.memory or (self.disk is not None and self.disk.has(key.digest))
+
+    def on_disk(self, keys: Sequence[BlockKey]) -> set[BlockKey]:
+        """Those of ``keys`` the disk tier holds now (filed, not yet verified), in a few
+        index queries for all of them."""
+        if self.disk is None or not keys:
+            return set()
+        found = self.disk.has_many([key.digest for key in keys])
+        return {key for key in keys if key.digest in found}
 
     async def get(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
         if key.size > OFFLOAD_BYTES:
@@ -84,19 +98,41 @@ class TieredCache:
         self.memory.put(key, data)
         if self.disk is None:
             return
-        # Write behind: appending and indexing an entry costs ~40 µs (more when it waits for
-        # another process's transaction or evicts), which the reader should not wait for. At
-        # most MAX_PENDING_WRITES blocks wait for the disk.
-        self._pending.append(
-            self._writer.submit(self.disk.put, key.digest, data, expires_at=expires_at))
-        while self._pending and (self._pending[0].done()
-                                 or len(self._pending) > MAX_PENDING_WRITES):
-            await asyncio.wrap_future(self._pending.popleft())
+        # Write behind: appending and indexing an entry costs ~35 µs (more when it waits for
+        # another process's transaction or evicts), which the reader should not wait for.
+        # Puts queue up and one job of the writer thread stores every queued block (a
+        # thread hand-off per burst, not per block); past MAX_PENDING_WRITES queued blocks
+        # the reader waits for the disk.
+        with self._queue_lock:
+            self._queued.append((key.digest, data, expires_at))
+            job = self._draining
+            if job is None:
+                job = self._draining = self._writer.submit(self._write_queued)
+        if len(self._queued) > MAX_PENDING_WRITES:
+            await asyncio.wrap_future(job)
+
+    def _write_queued(self) -> None:
+        """The writer thread's job: store the queued blocks until none is left."""
+        assert self.disk is not None
+        while True:
+            with self._queue_lock:
+                if not self._queued:
+                    self._draining = None
+                    return
+                name, data, expires_at = self._queued.popleft()
+            try:
+                self.disk.put(name, data, expires_at=expires_at)
+            except Exception:  # the disk tier reports its own errors; never lose the job
+                log.exception("a disk-cache write failed")
 
     async def drain(self) -> None:
         """Wait until every queued disk write is done (other processes can then read it)."""
-        while self._pending:
-            await asyncio.wrap_future(self._pending.popleft())
+        while True:
+            with self._queue_lock:
+                job = self._draining
+            if job is None:
+                return
+            await asyncio.wrap_future(job)
 
     def on_demand(self, item: str) -> None:
         """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
@@ -110,7 +146,7 @@ class TieredCache:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
-        self._pending.clear()
+        self._queued.clear()
         self.memory.clear()
         if self.disk is not None:
             self.disk.close()
