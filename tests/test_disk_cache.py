@@ -301,6 +301,20 @@ def test_has_many_answers_for_a_whole_epoch_of_names_at_once(root: Path) -> None
     assert tier.has_many(names) == set()
 
 
+def test_put_many_files_a_burst_in_one_go_and_skips_what_cannot_be_stored(root: Path) -> None:
+    now = [1000.0]
+    tier = DiskTier(root, 64 * KB, clock=lambda: now[0])
+    burst = [(f"b{i}", bytes([i]) * 100, None) for i in range(20)]
+    burst += [("stale", b"x", 999.0), ("huge", bytes(65 * KB), None), ("ttl", b"t", 1001.0)]
+    assert tier.put_many(burst) == 21
+    assert all(tier.get(f"b{i}") == bytes([i]) * 100 for i in range(20))
+    assert tier.get("ttl") == b"t" and tier.get("stale") is None and tier.get("huge") is None
+    stats = tier.stats()
+    assert (stats["writes"], stats["rejected"], stats["bytes_written"]) == (21, 1, 2001)
+    assert tier.put_many([]) == 0
+    tier.close()
+
+
 def test_expired_entries_are_dropped_on_read(root: Path) -> None:
     now = [1000.0]
     tier = DiskTier(root, 1 << 20, clock=lambda: now[0])

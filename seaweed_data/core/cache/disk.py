@@ -53,6 +53,7 @@ from .disk_layout import DiskLayout, entry_key
 from .disk_segments import ReadFds
 from .disk_writer import PackWriter
 
+Buffer = bytes | bytearray | memoryview
 logger = logging.getLogger(__name__)
 
 _DISABLING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
@@ -160,34 +161,48 @@ class DiskTier:
         """Store ``data`` under ``name`` (a later put of the same name replaces it). ``False``
         when it was not stored: tier disabled, entry larger than the capacity, no room left
         (all of it held by live writers), already expired, or an I/O error."""
+        return self.put_many([(name, data, expires_at)]) == 1
+
+    def put_many(self, items: Sequence[tuple[str, Buffer, float | None]]) -> int:
+        """:meth:`put` of several ``(name, data, expires_at)``, filed in the index in one
+        transaction (a commit per burst of writes, not per entry); how many were stored."""
         if not self.enabled:
-            return False
-        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
-        if expires_at is not None and (math.isnan(expires_at) or expires_at <= self._clock()):
-            return False
-        size = HEADER_SIZE + view.nbytes
-        if size > self._capacity:
-            self._count("rejected")
-            return False
+            return 0
+        batch = [entry for entry in map(self._prepared, items) if entry is not None]
+        if not batch:
+            return 0
         # (needs_room read unlocked: a stale answer only moves a check to the next put)
-        if time.monotonic() >= self._next_check or self._writer.needs_room(size):
+        if (time.monotonic() >= self._next_check
+                or self._writer.needs_room(sum(len(h) + len(v) for _, (h, v), _ in batch))):
             self._check_now()
             if not self._ensure_ready():
-                return False
-        key = entry_key(name)
-        header = encode_header(view, expires_at, key=key)
+                return 0
         with self._write_lock:
             try:
-                stored, evicted = self._writer.store(key, (header, view), expires_at)
+                stored, evicted = self._writer.store_many(batch)
             except OSError as exc:
                 self._fail("writing an entry", exc)
-                return False
+                return 0
             except sqlite3.Error as exc:
                 self._index_error("writing an entry", exc)
-                return False
-        self._count("writes" if stored else "rejected", evictions=evicted,
-                    bytes_written=view.nbytes if stored else 0)
-        return stored
+                return 0
+        self._count(writes=len(stored), rejected=len(batch) - len(stored), evictions=evicted,
+                    bytes_written=sum(stored))
+        return len(stored)
+
+    def _prepared(self, item: tuple[str, Buffer, float | None]
+                  ) -> tuple[bytes, tuple[bytes, memoryview], float | None] | None:
+        """``(key, (header, payload), expires_at)`` of an entry to store; None (counted when
+        too large) for one that is not to be stored."""
+        name, data, expires_at = item
+        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        if expires_at is not None and (math.isnan(expires_at) or expires_at <= self._clock()):
+            return None
+        if HEADER_SIZE + view.nbytes > self._capacity:
+            self._count("rejected")
+            return None
+        key = entry_key(name)
+        return key, (encode_header(view, expires_at, key=key), view), expires_at
 
     def remove(self, name: str) -> None:
         """Delete the entry of ``name`` if there is one."""

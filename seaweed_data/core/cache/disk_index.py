@@ -35,7 +35,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -269,6 +269,14 @@ class PackIndex:
         cursor = self.writer().execute(_INSERT, (key, where.segment, where.offset, where.length,
                                                  where.expires, where.segment))
         return cursor.rowcount > 0
+
+    def insert_many(self, rows: Sequence[tuple[bytes, Location]]) -> list[bool]:
+        """:meth:`insert` of several entries in one transaction (one commit for all)."""
+        if not rows:
+            return []
+        with self._transaction() as db:
+            return [db.execute(_INSERT, (key, w.segment, w.offset, w.length, w.expires,
+                                         w.segment)).rowcount > 0 for key, w in rows]
 
     def forget(self, key: bytes, where: Location | None = None) -> None:
         """Delete the row of ``key`` (only if it still points at ``where``, when given)."""

@@ -72,6 +72,39 @@ class PackWriter:
             self.drop(sealed=True)
         return False, evicted
 
+    def store_many(self, entries: Sequence[tuple[bytes, Sequence[bytes | memoryview],
+                                                  float | None]]) -> tuple[list[int], int]:
+        """Append several entries, then file them in one index transaction; returns the
+        payload sizes of those stored and the entries evicted to make room. An entry whose
+        segment was evicted before the transaction is stored once more, alone."""
+        written: list[tuple[bytes, Location, Sequence[bytes | memoryview]]] = []
+        evicted = 0
+        try:
+            for key, parts, expires_at in entries:
+                size = sum(len(p) for p in parts)
+                segment, more = self._room_for(size)
+                evicted += more
+                if segment is None:
+                    continue
+                where = Location(segment.id, segment.offset, size, expires_at)
+                segment.offset += size  # (also after a failed write: never over a torn entry)
+                write_all(segment.fd, parts, where.offset)
+                written.append((key, where, parts))
+        except OSError:  # (a full disk) what was written whole is still filed
+            self._index.insert_many([(key, where) for key, where, _ in written])
+            raise
+        filed = self._index.insert_many([(key, where) for key, where, _ in written])
+        stored: list[int] = []
+        for (key, where, parts), ok in zip(written, filed, strict=True):
+            if not ok:
+                if self.segment is not None and self.segment.id == where.segment:
+                    self.drop(sealed=True)
+                ok, more = self.store(key, parts, where.expires)
+                evicted += more
+            if ok:
+                stored.append(len(parts[-1]))
+        return stored, evicted
+
     def _room_for(self, size: int) -> tuple[OpenSegment | None, int]:
         segment = self.segment
         if segment is not None and segment.offset + size <= segment.allocated:

@@ -34,6 +34,8 @@ ENTRY_OVERHEAD_BYTES = 512
 """What an entry costs besides its bytes (key, LRU node, the eviction policy's bookkeeping),
 charged to ``memory_cache_bytes`` so that many small files keep to the budget too."""
 MAX_PENDING_WRITES = 64
+WRITE_BURST = 32
+"""Queued blocks the writer thread files in one index transaction, at most."""
 
 
 class TieredCache:
@@ -112,16 +114,18 @@ class TieredCache:
             await asyncio.wrap_future(job)
 
     def _write_queued(self) -> None:
-        """The writer thread's job: store the queued blocks until none is left."""
+        """The writer thread's job: store the queued blocks, a burst per index transaction,
+        until none is left."""
         assert self.disk is not None
         while True:
             with self._queue_lock:
                 if not self._queued:
                     self._draining = None
                     return
-                name, data, expires_at = self._queued.popleft()
+                burst = [self._queued.popleft()
+                         for _ in range(min(len(self._queued), WRITE_BURST))]
             try:
-                self.disk.put(name, data, expires_at=expires_at)
+                self.disk.put_many(burst)
             except Exception:  # the disk tier reports its own errors; never lose the job
                 log.exception("a disk-cache write failed")
 
