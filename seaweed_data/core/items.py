@@ -59,7 +59,8 @@ class ItemReads:
         self._download = download
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
-        self._on_disk: set[BlockKey] = set()  # hinted files the disk tier held at hint time
+        self._on_disk: set[BlockKey] | None = None  # hinted files on disk at hint time
+        self._disk_lookups: set[asyncio.Task[set[BlockKey]]] = set()
         self._inflight: dict[BlockKey, _Shared] = {}
         self._order: OrderDetector | None = None
 
@@ -78,15 +79,14 @@ class ItemReads:
         known = known or {}
         self._hinted = {p: known[p] for p in everything if p in known}
         self._hinted.update(await self._warm([p for p in everything if p not in known]))
-        self._on_disk = set()
-        await self._look_on_disk(everything)
+        self._look_on_disk(everything if prefetch_next else paths, fresh=True)
         self.cache.set_future(everything)
         self.prefetcher.set_hints(everything if prefetch_next else paths)
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         """More reads after the announced ones (e.g. the next epoch, computed ahead)."""
         self._hinted.update(await self._warm(paths))
-        await self._look_on_disk(paths)
+        self._look_on_disk(paths, fresh=False)
         self.cache.extend_future(paths)
         self.prefetcher.extend_hints(paths)
 
@@ -185,21 +185,37 @@ class ItemReads:
                 return cached
         return await self._single_flight(entry, key)
 
-    async def _look_on_disk(self, paths: Sequence[str]) -> None:
-        """Note which hinted files the disk tier holds, all in one go (one query per file
-        would cost the prefetcher more than some reads). A file stored later by another
-        process is not noted; its prefetch then finds it on disk before fetching."""
+    def _look_on_disk(self, paths: Sequence[str], *, fresh: bool) -> None:
+        """Learn, in the background, which hinted files the disk tier holds: all in one go
+        (one query per file costs the prefetcher more than some reads), without holding up
+        the caller (a DataLoader worker waits for its hints). Until the answer is in, the
+        prefetcher asks the disk about each file. A file stored later by another process is
+        not noted; its prefetch finds it on disk before fetching. ``fresh``: new hints,
+        whose answer replaces what was known."""
         if self.cache.disk is None:
             return
-        keys = {whole_file_key(e) for e in (self._hinted.get(p) for p in paths)
-                if e is not None and self._cacheable(e)}
-        self._on_disk |= await asyncio.to_thread(self.cache.on_disk, list(keys))
+        if fresh:
+            for pending in self._disk_lookups:
+                pending.cancel()
+            self._on_disk = None
+        keys = list({whole_file_key(e) for e in (self._hinted.get(p) for p in paths)
+                     if e is not None and self._cacheable(e)})
+        task = asyncio.ensure_future(asyncio.to_thread(self.cache.on_disk, keys))
+        self._disk_lookups.add(task)
+        task.add_done_callback(self._noted_on_disk)
+
+    def _noted_on_disk(self, task: asyncio.Task[set[BlockKey]]) -> None:
+        self._disk_lookups.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            self._on_disk = (self._on_disk or set()) | task.result()
 
     def _needs_fetch(self, path: str) -> bool:
         entry = self._hinted.get(path)
         if entry is None:
             return True
         key = whole_file_key(entry)
+        if self._on_disk is None or self._disk_lookups:  # not known yet: ask about this one
+            return not self.cache.contains(key)
         return key not in self.cache.memory and key not in self._on_disk
 
     def _size_of(self, path: str) -> int:
