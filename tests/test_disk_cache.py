@@ -301,6 +301,24 @@ def test_has_many_answers_for_a_whole_epoch_of_names_at_once(root: Path) -> None
     assert tier.has_many(names) == set()
 
 
+def test_a_get_after_has_many_skips_the_index_and_a_stale_location_falls_back(
+        root: Path) -> None:
+    writer = DiskTier(root, 64 * KB, segment_bytes=8 * KB)
+    assert writer.put_many([(f"n{i}", bytes([i]) * 1000, None) for i in range(6)]) == 6
+    reader = DiskTier(root, 64 * KB)
+    assert reader.has_many([f"n{i}" for i in range(6)]) == {f"n{i}" for i in range(6)}
+    queries = []
+    reader._index.reader().set_trace_callback(queries.append)
+    assert reader.get("n0") == bytes([0]) * 1000 and not queries  # no index query
+    located = reader._located[entry_key("n1")]
+    reader._located[entry_key("n1")] = located._replace(offset=located.offset + 1)
+    assert reader.get("n1") == bytes([1]) * 1000 and queries  # stale: asked the index
+    stats = reader.stats()
+    assert (stats["hits"], stats["corrupt"], stats["errors"]) == (2, 0, 0)
+    writer.close()
+    reader.close()
+
+
 def test_put_many_files_a_burst_in_one_go_and_skips_what_cannot_be_stored(root: Path) -> None:
     now = [1000.0]
     tier = DiskTier(root, 64 * KB, clock=lambda: now[0])

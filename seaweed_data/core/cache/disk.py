@@ -63,6 +63,7 @@ _STAT_KEYS = ("hits", "misses", "writes", "corrupt", "expired", "evictions", "er
 _MAX_SEGMENT_BYTES = 64 << 20
 _MAX_CHUNK_BYTES = 1 << 20
 _CHECK_INTERVAL_S = 1.0  # how often a reader looks whether the index was replaced
+_LOCATED_MAX = 1 << 20  # locations remembered from has_many (about 100 bytes each)
 _LIVE: weakref.WeakSet[DiskTier] = weakref.WeakSet()
 _FORKING: list[DiskTier] = []  # the tiers locked by the before-fork hook
 
@@ -106,6 +107,7 @@ class DiskTier:
         self._closed = False
         self._next_check = 0.0
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
+        self._located: dict[bytes, Location] = {}  # learned by has_many, used once by get
         _LIVE.add(self)
 
     def __del__(self) -> None:  # dropped without close(): seal the segment, close everything
@@ -140,6 +142,11 @@ class DiskTier:
             if not self._ensure_ready():
                 return None
         key = entry_key(name)
+        known = self._located.pop(key, None)
+        payload = self._read_located(key, known) if known is not None else None
+        if payload is not None:
+            self._count("hits", bytes_read=len(payload))
+            return payload
         try:
             with self._read_lock:
                 where = self._index.lookup(key)
@@ -237,9 +244,12 @@ class DiskTier:
         keys = {entry_key(name): name for name in names}
         try:
             with self._read_lock:
-                found = self._index.present(list(keys), self._clock())
+                found = self._index.locate_many(list(keys), self._clock())
         except sqlite3.Error:
             return set()
+        if len(self._located) + len(found) > _LOCATED_MAX:
+            self._located.clear()
+        self._located.update(found)  # a get of one of them skips its index query
         return {keys[key] for key in found}
 
     def used_bytes(self) -> int:
@@ -386,6 +396,17 @@ class DiskTier:
             self._count("errors")
             return None
         return found
+
+    def _read_located(self, key: bytes, where: Location) -> bytes | None:
+        """The payload at a location learned earlier (:meth:`has_many`), if it is still
+        there and whole. Entries never move and their checksum covers the key, so a stale
+        location can only miss; the caller then asks the index (which counts and drops)."""
+        if where.expires is not None and where.expires <= self._clock():
+            return None
+        with self._read_lock:
+            found = self._readers.read(self._layout, where.segment, where.offset,
+                                       where.length, key)
+        return found if isinstance(found, bytes) else None
 
     def _forget(self, key: bytes, where: Location, counter: str) -> None:
         self._count(counter)

@@ -246,18 +246,19 @@ class PackIndex:
             (key,)).fetchone()
         return Location(*row) if row is not None else None
 
-    def present(self, keys: list[bytes], now: float) -> set[bytes]:
-        """Which of ``keys`` have an entry that has not expired by ``now``: a few queries
-        for any number of keys, where :meth:`lookup` costs one each."""
-        found: set[bytes] = set()
+    def locate_many(self, keys: list[bytes], now: float) -> dict[bytes, Location]:
+        """Where the entries of ``keys`` that have not expired by ``now`` lie: a few
+        queries for any number of keys, where :meth:`lookup` costs one each."""
+        found: dict[bytes, Location] = {}
         reader = self.reader()
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             batch = keys[start:start + _KEYS_PER_QUERY]
             marks = ",".join("?" * len(batch))
             rows = reader.execute(
-                f"SELECT key FROM entries WHERE key IN ({marks}) "  # only "?"s formatted in
+                "SELECT key, segment, offset, length, expires FROM entries "
+                f"WHERE key IN ({marks}) "  # only "?"s are formatted in
                 "AND (expires IS NULL OR expires > ?)", (*batch, now))
-            found.update(row[0] for row in rows)
+            found.update((row[0], Location(*row[1:])) for row in rows)
         return found
 
     def used(self) -> int:
