@@ -108,14 +108,14 @@ def test_silence_times_out_but_a_slow_steady_body_does_not() -> None:
     def script(target: str, n: int) -> bytes | list[bytes | float]:
         if target == "/hang":
             return answer[:1000]
-        return [piece for i in range(0, len(answer), 200_000)
-                for piece in (answer[i:i + 200_000], 0.1)]
+        return [piece for i in range(0, len(answer), 100_000)
+                for piece in (answer[i:i + 100_000], 0.05)]
 
     async def body(bulk: BulkGets, address: str, server: ScriptedServer) -> None:
-        with pytest.raises(RequestTimeoutError, match=r"GET http://.*/hang: no data for 0\.3s"):
-            await bulk.get(address, "/hang", {}, 0.3, buffer())
+        with pytest.raises(RequestTimeoutError, match=r"GET http://.*/hang: no data for 0\.4s"):
+            await bulk.get(address, "/hang", {}, 0.4, buffer())
         into = buffer()
-        await bulk.get(address, "/slow", {}, 0.3, into)  # 0.6 s in all, never 0.3 s silent
+        await bulk.get(address, "/slow", {}, 0.4, into)  # 0.55 s in all, never 0.4 s silent
         assert into == BODY and server.connections == 2
 
     run(script, body)
