@@ -229,4 +229,6 @@ class ItemReads:
         self.prefetcher.clear()
         for shared in self._inflight.values():
             shared.task.cancel()
+        for lookup in self._disk_lookups:
+            lookup.cancel()
         self.cache.close()
