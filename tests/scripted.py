@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 # A script answers one request (its target) with raw bytes, or None to hang up at once;
@@ -57,3 +58,24 @@ class ScriptedServer:
             pass
         finally:
             writer.close()
+
+
+_KEPT: list[object] = []  # abandoned connections must never be finalized (as in a child)
+
+
+def open_after_fork(abandon: Callable[[list[object]], None], fds: list[int]) -> int:
+    """How many of ``fds`` are still open in a forked child after ``abandon(keep_alive)``
+    (the child never touches the parent's loop; it reports through its exit code)."""
+    pid = os.fork()
+    if pid == 0:
+        abandon(_KEPT)
+        still_open = 0
+        for fd in fds:
+            try:
+                os.fstat(fd)
+                still_open += 1
+            except OSError:
+                pass
+        os._exit(10 + still_open)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) - 10

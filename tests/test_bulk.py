@@ -9,12 +9,11 @@ short, silence, garbage, idle connections closed by the server, cancellation and
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from scripted import HANG_UP, Script, ScriptedServer, ok
+from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork
 
 from seaweed_data.core import buffers
 from seaweed_data.core.bulk import BulkGets
@@ -167,28 +166,13 @@ def test_unreachable_server() -> None:
     asyncio.run(main())
 
 
-_KEPT: list[object] = []  # abandoned connections must never be finalized (as in a child)
-
-
 def test_a_forked_child_closes_its_copies_and_the_parent_keeps_going() -> None:
     async def body(bulk: BulkGets, address: str, server: ScriptedServer) -> None:
         await asyncio.gather(*(bulk.get(address, "/x", {}, 5, buffer()) for _ in range(3)))
         fds = [c.transport.get_extra_info("socket").fileno()
                for c in bulk._connections() if c.transport is not None]
         assert len(fds) == 3
-        pid = os.fork()
-        if pid == 0:  # the child: never touch the parent's loop
-            bulk.abandon_after_fork(_KEPT)
-            still_open = 0
-            for fd in fds:
-                try:
-                    os.fstat(fd)
-                    still_open += 1
-                except OSError:
-                    pass
-            os._exit(10 + still_open)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 10
+        assert open_after_fork(bulk.abandon_after_fork, fds) == 0  # every copy closed
         into = buffer()
         await bulk.get(address, "/x", {}, 5, into)
         assert into == BODY and server.connections == 3

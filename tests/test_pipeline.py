@@ -8,12 +8,11 @@ answers cut short, chunked bodies, a close after an answer, garbage, silence.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from scripted import HANG_UP, Script, ScriptedServer, ok
+from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork
 
 from seaweed_data.core.pipeline import Pipelines
 from seaweed_data.errors import RequestTimeoutError, TransportError, UnreachableError
@@ -132,28 +131,13 @@ def test_unreachable_server() -> None:
     asyncio.run(main())
 
 
-_KEPT: list[object] = []  # abandoned connections must never be finalized (as in a child)
-
-
 def test_a_forked_child_closes_its_copies_and_the_parent_keeps_going() -> None:
     async def body(pipes: Pipelines, address: str, server: ScriptedServer) -> None:
         await asyncio.gather(*(pipes.get(address, f"/{i}", {}, 5) for i in range(20)))
         fds = [c.writer.get_extra_info("socket").fileno()
                for s in pipes._servers.values() for c in s.connections]
         assert fds
-        pid = os.fork()
-        if pid == 0:  # the child: never touch the parent's loop
-            pipes.abandon_after_fork(_KEPT)
-            still_open = 0
-            for fd in fds:
-                try:
-                    os.fstat(fd)
-                    still_open += 1
-                except OSError:
-                    pass
-            os._exit(10 + still_open)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 10  # every copy closed in the child
+        assert open_after_fork(pipes.abandon_after_fork, fds) == 0  # every copy closed
         answer = await pipes.get(address, "/again", {}, 5)  # the parent's sockets still work
         assert answer.body == b"/again" and server.connections == len(fds)
 

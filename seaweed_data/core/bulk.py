@@ -18,14 +18,12 @@ answering is replaced and the request resent once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
 from ..errors import RequestTimeoutError, TransportError, UnreachableError
-from .pipeline import ConnectionLost, parse_head, request_bytes
+from .pipeline import ConnectionLost, close_inherited_socket, parse_head, request_bytes
 
 HEAD_LIMIT = 64 * 1024
 """The most an answer's status line and headers may take."""
@@ -215,11 +213,7 @@ class BulkGets:
         """In a forked child: close our copies of the sockets without touching the parent's
         event loop; the objects go to ``keep_alive`` so that no finalizer runs."""
         for connection in self._connections():
-            transport = connection.transport
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if sock is not None and sock.fileno() >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(sock.fileno())
+            close_inherited_socket(connection.transport)
             keep_alive.append(connection)
         self._idle, self._busy = {}, set()
 

@@ -11,9 +11,7 @@ retries: it will not get better). :attr:`Http.tokens` signs the JWTs of a secure
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
 import ssl
 import time
@@ -30,7 +28,7 @@ from ..config import Config
 from ..errors import RequestTimeoutError, TLSError, TransportError, UnreachableError
 from .bulk import BulkGets
 from .metrics import Counters
-from .pipeline import Pipelines
+from .pipeline import Pipelines, close_inherited_socket
 from .security import Tokens, load_keys
 
 log = logging.getLogger(__name__)
@@ -133,11 +131,7 @@ class Http:
         protocols = [p for conns in pools.values() for p, _ in conns]
         protocols += list(getattr(connector, "_acquired", ()))
         for protocol in protocols:
-            transport = getattr(protocol, "transport", None)
-            sock = transport.get_extra_info("socket") if transport else None
-            if sock is not None and sock.fileno() >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(sock.fileno())
+            close_inherited_socket(getattr(protocol, "transport", None))
 
     async def close(self) -> None:
         await self.pipelines.close()

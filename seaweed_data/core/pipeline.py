@@ -226,12 +226,18 @@ class Pipelines:
         event loop; the objects go to ``keep_alive`` so that no finalizer runs."""
         for server in self._servers.values():
             for connection in server.connections:
-                sock = connection.writer.get_extra_info("socket")
-                if sock is not None and sock.fileno() >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(sock.fileno())
+                close_inherited_socket(connection.writer.transport)
                 keep_alive.append(connection)
         self._servers = {}
+
+
+def close_inherited_socket(transport: asyncio.BaseTransport | None) -> None:
+    """In a forked child: close this process's copy of ``transport``'s socket, leaving the
+    parent's (and its event loop) alone."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.fileno() >= 0:
+        with contextlib.suppress(OSError):
+            os.close(sock.fileno())
 
 
 class _Expired(Exception):
@@ -298,4 +304,5 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-__all__ = ["Answer", "ConnectionLost", "Pipelines", "parse_head", "request_bytes"]
+__all__ = ["Answer", "ConnectionLost", "Pipelines", "close_inherited_socket", "parse_head",
+           "request_bytes"]
