@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -45,6 +46,26 @@ def test_hinted_reads_prefetch_precisely(cluster, dataset):
     assert stats["prefetch_issued"] >= 0.9 * len(dataset)
     assert stats["prefetch_used"] / stats["prefetch_issued"] >= 0.99
     assert stats["bytes_fetched"] == sum(SIZES)  # each file fetched exactly once
+
+
+def test_stats_count_the_cache_hits_reported_to_a_busy_loop_thread(cluster, dataset):
+    """read_entries reports cache hits to the loop thread without waiting; stats() waits
+    for them, so a busy loop thread never makes the counters come out short."""
+    from seaweed_data.core.loop import LOOP
+
+    paths = sorted(dataset)[:16]
+    with cluster.client(prefetch_items=16) as client:
+        entries = [client.stat(p) for p in paths]
+        client.set_hints(paths)
+        client.flush()  # (waits on the loop thread: the hinted prefetches have started)
+        for _ in range(200):  # until every prefetch has stored its file in memory
+            if all(client._async().items.peek(e) is not None for e in entries):
+                break
+            time.sleep(0.01)
+        LOOP.post(time.sleep, 0.3)  # the loop thread is busy for a while
+        assert client.read_entries(entries) == [dataset[p] for p in paths]  # all hits
+        stats = client.stats()
+    assert stats["prefetch_used"] == stats["prefetch_issued"] == len(paths)
 
 
 def test_second_pass_with_a_cache_that_holds_the_data_fetches_almost_nothing(cluster, dataset):

@@ -147,7 +147,7 @@ def test_every_sample_once_per_epoch_byte_exact(cluster, folder, tmp_path, worke
     del loader  # persistent workers report their last counters as they exit
     stats = ds.stats()
     assert stats["prefetch_issued"] > 0
-    assert stats["prefetch_used"] / stats["prefetch_issued"] >= 0.99
+    assert stats["prefetch_used"] / stats["prefetch_issued"] >= 0.99, stats
     assert stats["bytes_fetched"] <= 1.05 * sum(len(payloads[p]) for p, _ in ds.samples)
     ds.close()
 

@@ -7,6 +7,7 @@ the first call notices the new pid, drops the parent's session without touching 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import io
@@ -235,8 +236,16 @@ class Client:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """This client's counters (``bytes_fetched``, ``requests``, ...)."""
+        """This client's counters (``bytes_fetched``, ``requests``, ...), including the
+        reads reported to the loop thread and not yet counted there (:meth:`settle`)."""
+        self.settle()
         return self.counters.snapshot()
+
+    def settle(self) -> None:
+        """Wait until the loop thread has handled what this client told it without waiting
+        (the cache hits of :meth:`read_entries`): the counters are then complete."""
+        if self._core is not None and self._pid == os.getpid():
+            self._run(asyncio.sleep(0))  # runs after everything posted before it
 
     def close(self) -> None:
         """Close connections; the loop thread stops when no client uses it."""

@@ -273,6 +273,8 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         """Counters of this process plus those its DataLoader workers reported, with
         ``samples_skipped`` (see the class)."""
         if self._jobs.is_main:
+            if self._client is not None and self._client_pid == os.getpid():
+                self._client.settle()  # this process's own reads are counted
             return {"samples_skipped": 0, **self._jobs.collect()}
         return {**self.client.stats(), "samples_skipped": self._counters.get("samples_skipped")}
 
