@@ -207,3 +207,4 @@ def test_fillable_bytes_are_written_in_place_and_outlive_their_owner(monkeypatch
     del fillable, data
     view[:2] = b"ok"  # the storage lives as long as a view of it
     assert view.tobytes() == b"okYdef"
+    assert buffers.Fillable(0).result() == b""

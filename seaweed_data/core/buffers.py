@@ -37,7 +37,7 @@ class Fillable:
     Write every byte through ``view``, then use :meth:`result`."""
 
     def __init__(self, size: int) -> None:
-        if _API is None or size == 0:  # pragma: no cover - not CPython
+        if _API is None:  # pragma: no cover - not CPython
             self._buffer: bytearray | None = bytearray(size)
             self.view = memoryview(self._buffer)
             return
