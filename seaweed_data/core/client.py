@@ -243,8 +243,9 @@ class Client:
 
     def settle(self) -> None:
         """Wait until the loop thread has handled what this client told it without waiting
-        (the cache hits of :meth:`read_entries`): the counters are then complete."""
-        if self._core is not None and self._pid == os.getpid():
+        (the cache hits of :meth:`read_entries`): the counters are then complete. On the
+        loop thread itself (async code reading the counters) there is nothing to wait for."""
+        if self._core is not None and self._pid == os.getpid() and not LOOP.is_current():
             self._run(asyncio.sleep(0))  # runs after everything posted before it
 
     def close(self) -> None:

@@ -74,13 +74,17 @@ class LoopThread:
     def users(self) -> int:
         return self._users
 
+    def is_current(self) -> bool:
+        """Whether the calling thread is the loop thread (which must never wait for itself)."""
+        return threading.current_thread() is self._thread
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop thread and wait for its result from this thread."""
         loop = self._loop
         if loop is None:
             coro.close()
             raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
-        if threading.current_thread() is self._thread:
+        if self.is_current():
             coro.close()
             raise RuntimeError("blocking seaweed_data call made from its own event loop; "
                                "use the async API (await) there")
