@@ -76,12 +76,20 @@ class ItemReads:
         that will not live to read it should not fetch it).
         """
         everything = [*paths, *next_paths]
+        fetched = everything if prefetch_next else list(paths)
         known = known or {}
         self._hinted = {p: known[p] for p in everything if p in known}
         self._hinted.update(await self._warm([p for p in everything if p not in known]))
-        self._look_on_disk(everything if prefetch_next else paths, fresh=True)
+        # The same order told again with more of it (a worker's next epoch, announced a
+        # whole epoch ago): only the new part is looked up and appended.
+        ahead = self.prefetcher.continued_by(fetched)
+        added = fetched if ahead is None else fetched[ahead:]
+        self._look_on_disk(added, fresh=ahead is None)
         self.cache.set_future(everything)
-        self.prefetcher.set_hints(everything if prefetch_next else paths)
+        if ahead is None:
+            self.prefetcher.set_hints(fetched)
+        else:
+            self.prefetcher.extend_hints(added)
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         """More reads after the announced ones (e.g. the next epoch, computed ahead)."""

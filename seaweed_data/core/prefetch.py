@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -52,7 +52,7 @@ class Prefetcher:
         self._timeout = timeout
         self._hints: deque[str] = deque()
         self._slots: dict[str, _Slot] = {}
-        self._cached: set[str] = set()  # items found cached: not asked again (disk checks)
+        self._cached: set[str] = set()  # in the window, found cached: not asked again
         self._bytes_ahead = 0
         self._running: dict[asyncio.Task[bytes], float] = {}  # deadlines, oldest first
         self._watchdog: asyncio.TimerHandle | None = None
@@ -74,6 +74,12 @@ class Prefetcher:
         for item in [i for i in self._slots if i not in window]:
             self._drop(item)
         self._pump()
+
+    def continued_by(self, items: Sequence[str]) -> int | None:
+        """How many hints are still ahead, when ``items`` starts with exactly them (the same
+        order announced again with more of it); None when ``items`` is another order."""
+        ahead = list(self._hints)
+        return len(ahead) if list(items[:len(ahead)]) == ahead else None
 
     def extend_hints(self, items: Iterable[str]) -> None:
         """Append to the announced order (the next epoch, known ahead)."""
@@ -137,9 +143,10 @@ class Prefetcher:
             if hinted == item:
                 for _ in range(position):
                     skipped = self._hints.popleft()
+                    self._cached.discard(skipped)
                     if skipped in self._slots:
                         self._drop(skipped)
-                self._hints.popleft()
+                self._cached.discard(self._hints.popleft())
                 return
 
     def _pump(self) -> None:

@@ -5,31 +5,40 @@ and, with a seeded sampler, the next epoch's). With that order the optimal repla
 evict the entry whose next use is farthest away, and do not admit a newcomer whose next use is
 farther than that of everything cached. With no hints at all the policy is plain LRU.
 
-Data structures (every operation O(log n) amortised, no scans per access):
+Data structures (every operation O(log n) amortised, no scans per access). A worker holds tens
+of thousands of hints and replaces or extends them every epoch, so they are plain lists of
+``str`` and ``int`` and two dicts: no container per item, which would feed Python's cyclic
+garbage collector (a full collection costs a DataLoader worker ~0.15 s).
 
-- ``_stream``: the hint stream from the cursor on; the cursor is the absolute position of its
-  head, so positions never need renumbering when the stream grows or the cursor moves.
-- ``_positions``: per item, the ascending absolute positions of its future reads; the head is
-  its next use. A short list (an item comes once or twice per epoch), not a deque: a deque
-  allocates half a kilobyte, and 10,000 of them per epoch cost more than the whole rebuild.
-- a max-heap of ``(-next_use, item)`` over the cached items with a known next use, invalidated
-  lazily: an entry counts only while ``_pushed[item]`` still equals it. A next use only changes
-  when the cursor passes it, and the cursor passes every position it skips, so each such
-  change re-pushes the item and the heap never holds a stale "too soon" value unnoticed.
+- ``_stream``: the hint stream; ``_stream[_head]`` is the item at the cursor, the cursor being
+  the absolute position of the head, so positions never need renumbering. The part behind the
+  head is trimmed now and then.
+- ``_following``: per stream slot, the absolute position of the same item's next occurrence
+  (-1 for none), so passing an occurrence finds the next one in O(1).
+- ``_next``: per item, its next use (its first occurrence at or after the cursor); ``_last``:
+  its last occurrence, to link the occurrences appended by :meth:`extend_future`.
+- a max-heap of ``-next_use`` over the cached items with a known next use; an entry names its
+  item through the stream (the item at that position) and counts while the position is ahead
+  of the cursor and the item is cached. Passing a next use re-pushes the item, so the heap
+  never holds a stale "too soon" value unnoticed.
 - ``_unhinted``: cached items with no known next use, least recently used first; they are
   evicted before anything with a next use.
+
+Telling the same future again with more of it (a DataLoader worker's hints at each epoch:
+this epoch, which the previous call already announced as the next one, and the next one)
+only appends the new part.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Iterable, Sequence
 
 from seaweed_data.core.cache.keys import BlockKey
 from seaweed_data.core.cache.policy import RecencyOrder
 
 NEVER = float("inf")  # the next use of an item with no hint ahead of the cursor
+TRIM_AFTER = 4096  # consumed hints kept before the stream's head is trimmed
 
 
 class FutureAwareEviction:
@@ -38,13 +47,15 @@ class FutureAwareEviction:
     name = "future"
 
     def __init__(self) -> None:
-        self._stream: deque[str] = deque()
+        self._stream: list[str] = []
+        self._following: list[int] = []
+        self._head = 0
         self._cursor = 0
-        self._positions: dict[str, list[int]] = {}
+        self._next: dict[str, int] = {}
+        self._last: dict[str, int] = {}
         self._keys: dict[str, dict[BlockKey, None]] = {}
         self._unhinted: dict[str, None] = {}
-        self._heap: list[tuple[int, str]] = []
-        self._pushed: dict[str, int] = {}
+        self._heap: list[int] = []
 
     # -- hints -------------------------------------------------------------------------------
 
@@ -56,40 +67,30 @@ class FutureAwareEviction:
     @property
     def remaining_hints(self) -> int:
         """Hints ahead of the cursor."""
-        return len(self._stream)
+        return len(self._stream) - self._head
 
     def next_use(self, item: str) -> float:
         """Absolute position of the next read of ``item`` at/after the cursor, or ``NEVER``."""
-        queue = self._positions.get(item)
-        return queue[0] if queue else NEVER
+        return self._next.get(item, NEVER)
 
     def set_future(self, items: Sequence[str], start: int = 0) -> None:
-        """Replace the hint stream by ``items[start:]``; the old stream's positions are dropped."""
+        """Replace the hint stream by ``items[start:]``; the old stream's positions are dropped.
+        When the hints still ahead are the start of ``items[start:]``, the rest is appended."""
         if not 0 <= start <= len(items):
             raise ValueError(f"start {start} is outside the {len(items)} hinted items")
-        self._stream = deque(items[start:])
-        positions: dict[str, list[int]] = {}
-        for position, item in enumerate(self._stream, self._cursor):
-            queue = positions.get(item)
-            if queue is None:
-                positions[item] = [position]
-            else:
-                queue.append(position)
-        self._positions = positions
+        upcoming = list(items[start:])
+        ahead = self._stream[self._head:]
+        if upcoming[:len(ahead)] == ahead:
+            self.extend_future(upcoming[len(ahead):])
+            return
+        self._stream, self._following, self._head = [], [], 0
+        self._next, self._last = {}, {}
+        self._append(upcoming)
         self._rebuild()
 
     def extend_future(self, items: Iterable[str]) -> None:
         """Append ``items`` to the hint stream; cached items that had no next use get one."""
-        base = self._cursor + len(self._stream)
-        gained: list[str] = []
-        for offset, item in enumerate(items):
-            queue = self._positions.get(item)
-            if queue is None:
-                queue = self._positions[item] = []
-                gained.append(item)
-            queue.append(base + offset)
-            self._stream.append(item)
-        for item in gained:
+        for item in self._append(items):
             if item in self._keys:
                 self._track(item)
 
@@ -99,9 +100,9 @@ class FutureAwareEviction:
         Hints skipped on the way are consumed too (the consumer will not read them where they
         were hinted). An item with no occurrence ahead of the cursor leaves the cursor alone.
         """
-        queue = self._positions.get(item)
-        if queue:
-            self._advance(queue[0] + 1)
+        use = self._next.get(item)
+        if use is not None:
+            self._advance(use + 1)
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -124,7 +125,6 @@ class FutureAwareEviction:
         if not blocks:
             del self._keys[key.item]
             self._unhinted.pop(key.item, None)
-            self._pushed.pop(key.item, None)
 
     def accessed(self, key: BlockKey) -> None:
         """A hit refreshes the recency among items with no known next use."""
@@ -136,7 +136,6 @@ class FutureAwareEviction:
         self._keys.clear()
         self._unhinted.clear()
         self._heap.clear()
-        self._pushed.clear()
 
     def victim(self, incoming: BlockKey, entries: RecencyOrder) -> BlockKey | None:
         """The key to evict for ``incoming``, or ``None`` to refuse ``incoming``.
@@ -144,7 +143,7 @@ class FutureAwareEviction:
         Without hints this is LRU. With hints: entries with no next use go first; a newcomer
         with no next use, or whose next use is farther than every cached one, is refused.
         """
-        if not self._stream:
+        if not self.remaining_hints:
             last = entries.peek_last_item()
             return None if last is None else last[0]
         wanted = self.next_use(incoming.item)
@@ -159,31 +158,52 @@ class FutureAwareEviction:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _append(self, items: Iterable[str]) -> list[str]:
+        """Append ``items`` to the stream; those that had no next use before, in order."""
+        stream, following, upcoming, last = self._stream, self._following, self._next, self._last
+        cursor, shift = self._cursor, self._head - self._cursor  # slot = position + shift
+        position = cursor + len(stream) - self._head
+        gained: list[str] = []
+        for item in items:
+            previous = last.get(item, -1)
+            if previous >= cursor:
+                following[previous + shift] = position
+            else:
+                upcoming[item] = position
+                gained.append(item)
+            last[item] = position
+            stream.append(item)
+            following.append(-1)
+            position += 1
+        return gained
+
     def _advance(self, target: int) -> None:
         """Move the cursor to absolute position ``target``, consuming the hints passed."""
+        stream, following, upcoming, keys = self._stream, self._following, self._next, self._keys
         while self._cursor < target:
-            item = self._stream.popleft()
+            item, after = stream[self._head], following[self._head]
+            self._head += 1
             self._cursor += 1
-            queue = self._positions[item]
-            del queue[0]
-            if not queue:
-                del self._positions[item]
-            if item in self._keys:
+            if after < 0:
+                del upcoming[item]
+            else:
+                upcoming[item] = after
+            if item in keys:
                 self._track(item)
+        if self._head > TRIM_AFTER and 2 * self._head > len(stream):
+            del stream[:self._head], following[:self._head]
+            self._head = 0
 
     def _track(self, item: str) -> None:
         """Re-file a cached item after its next use changed (or it was just stored)."""
-        queue = self._positions.get(item)
-        if not queue:
-            self._pushed.pop(item, None)
+        use = self._next.get(item)
+        if use is None:
             self._touch(item)
             return
         self._unhinted.pop(item, None)
-        if self._pushed.get(item) != queue[0]:
-            self._pushed[item] = queue[0]
-            heapq.heappush(self._heap, (-queue[0], item))
-            if len(self._heap) > 2 * len(self._pushed) + 1024:
-                self._compact()
+        heapq.heappush(self._heap, -use)
+        if len(self._heap) > 2 * len(self._keys) + 1024:
+            self._compact()
 
     def _touch(self, item: str) -> None:
         """Make ``item`` the most recent of the unhinted items."""
@@ -192,27 +212,27 @@ class FutureAwareEviction:
 
     def _farthest(self) -> tuple[int, str] | None:
         """The cached item with the farthest known next use, dropping stale heap entries."""
-        heap = self._heap
+        heap, shift = self._heap, self._head - self._cursor
         while heap:
-            negated, item = heap[0]
-            if self._pushed.get(item) == -negated:
-                return -negated, item
+            use = -heap[0]
+            if use >= self._cursor:
+                item = self._stream[use + shift]
+                if item in self._keys:
+                    return use, item
             heapq.heappop(heap)
         return None
 
     def _compact(self) -> None:
         """Drop stale heap entries (they pile up as next uses move forward)."""
-        self._heap = [(-use, item) for item, use in self._pushed.items()]
+        self._heap = [-self._next[item] for item in self._keys if item in self._next]
         heapq.heapify(self._heap)
 
     def _rebuild(self) -> None:
-        """Re-file every cached item after the stream was replaced."""
-        self._heap.clear()
-        self._pushed.clear()
-        stale_unhinted = list(self._unhinted)
+        """Re-file every cached item after the stream was replaced: items with a next use
+        into the heap, the others unhinted (those that were keep their recency order)."""
+        stale = list(self._unhinted)
         self._unhinted.clear()
-        for item in stale_unhinted:
-            self._track(item)
-        for item in self._keys:
-            if item not in self._unhinted:
-                self._track(item)
+        for item in [*stale, *self._keys]:
+            if item not in self._next and item not in self._unhinted:
+                self._unhinted[item] = None
+        self._compact()
