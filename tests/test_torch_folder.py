@@ -1,5 +1,6 @@
 """SeaweedImageFolder and PrefetchSampler in real DataLoaders against a real SeaweedFS."""
 
+import gc
 import io
 import os
 import pickle
@@ -214,3 +215,36 @@ def test_out_of_order_dataloader_still_delivers_every_sample_once(cluster, folde
     expected = Counter((payloads[p], t) for p, t in ds.samples)
     assert Counter(epoch_samples(loader)) == expected
     ds.close()
+
+
+class FreezeReportingFolder(SeaweedImageFolder):
+    def __getitems__(self, indices):
+        super().__getitems__(indices)
+        return [gc.get_freeze_count()]
+
+
+def test_workers_freeze_their_inherited_heap_and_the_main_process_does_not(cluster, folder):
+    before = gc.get_freeze_count()
+    ds = FreezeReportingFolder(f"{cluster.filer_url}/folder", loader=raw)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=lambda b: b,
+                        multiprocessing_context="fork")
+    counts = [count for batch in loader for count in batch]
+    assert counts and min(counts) > 0  # the worker froze what it inherited, at its first read
+    assert max(counts) == counts[0]  # once per process: later reads froze nothing more
+    ds.__getitems__([0])  # reading in the main process leaves its collector alone
+    assert gc.get_freeze_count() == before
+    ds.close()
+
+
+def test_freezing_happens_once_per_process():
+    from seaweed_data.torch import worker_heap
+
+    saved = worker_heap._frozen_in
+    try:
+        worker_heap._frozen_in = os.getpid()
+        before = gc.get_freeze_count()
+        keep = [[] for _ in range(10)]  # new tracked objects, not frozen again
+        worker_heap.freeze_inherited_heap()
+        assert gc.get_freeze_count() == before and keep
+    finally:
+        worker_heap._frozen_in = saved

@@ -34,6 +34,7 @@ from ..core.metrics import PROCESS, Counters
 from ..errors import ConfigError, CorruptDataError, NotFoundError
 from .announce import Announcement, Channel, Order, worker_share
 from .listing import list_image_folder
+from .worker_heap import freeze_inherited_heap
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     which ``default_collate`` cannot collate: where that can happen (``batch_size=1``), give
     DataLoader a ``collate_fn`` that accepts an empty list. ``ds[i]`` (``__getitem__``)
     always raises for a bad sample: a map-style dataset cannot return nothing for an index.
+
+    **In DataLoader workers** the dataset's first read freezes the heap the worker inherited
+    (``gc.freeze()``, see :mod:`seaweed_data.torch.worker_heap`): the garbage collector's full
+    collections skip it instead of stalling the worker ~0.1 s every few epochs.
     """
 
     def __init__(self, root: str, transform: Callable[[Any], Any] | None = None,
@@ -122,6 +127,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
             self._client_pid = os.getpid()
             if torch.utils.data.get_worker_info() is not None:
                 self._jobs.attach(self._counters)
+                freeze_inherited_heap()
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:

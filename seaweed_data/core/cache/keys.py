@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class BlockKey:
+class BlockKey(NamedTuple):
     """Bytes ``[start, stop)`` of one version of one file.
 
     ``item`` is what prefetch hints and the eviction policy talk about (the file's path): all
     blocks of a file share its next use. ``version`` is the file's content identity
     (:attr:`Entry.version`: chunk ids, size, mtime), so a rewritten file never hits an old
     block.
+
+    A tuple of strings and ints: the garbage collector stops tracking it after its first
+    look, so the keys a cache holds (tens of thousands in a DataLoader worker) never make it
+    run a full collection.
     """
 
     item: str
