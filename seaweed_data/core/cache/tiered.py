@@ -71,8 +71,9 @@ class TieredCache:
         index queries for all of them."""
         if self.disk is None or not keys:
             return set()
-        found = self.disk.has_many([key.digest for key in keys])
-        return {key for key in keys if key.digest in found}
+        digests = [key.digest for key in keys]
+        found = self.disk.has_many(digests)
+        return {key for key, digest in zip(keys, digests, strict=True) if digest in found}
 
     async def get(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
         if key.size > OFFLOAD_BYTES:
