@@ -248,3 +248,12 @@ def test_freezing_happens_once_per_process():
         assert gc.get_freeze_count() == before and keep
     finally:
         worker_heap._frozen_in = saved
+
+
+def test_the_listing_hashes_every_version_once_for_all_workers(cluster, folder):
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw)
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets
+    for entries in (ds.entries, clone.entries):
+        assert entries and all("_version" in e.__dict__ for e in entries)
+    assert [e.version for e in clone.entries] == [e.version for e in ds.entries]
+    ds.close()

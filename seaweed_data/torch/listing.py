@@ -3,7 +3,10 @@
 Class folders are the sorted sub-directories of the root; within a class, directories come in
 sorted order of their full path and files sorted by name (``sorted(os.walk(...))``). Every
 class is walked concurrently; each listing page brings a thousand entries with their chunk
-lists, so the samples need no further metadata.
+lists, so the samples need no further metadata. Each entry's content identity
+(:attr:`Entry.version`, a hash the cache keys carry) is computed here, once: DataLoader workers
+inherit it instead of each hashing the whole listing again (every epoch, without
+``persistent_workers``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def list_image_folder(client: Client, root: str, is_valid: Callable[[str], bool]
     if empty and not allow_empty:
         raise FileNotFoundError(
             f"Found no valid file for the classes {', '.join(sorted(empty))} in {root}.")
+    for entry in entries:
+        _ = entry.version  # hashed once, here: workers inherit it
     return classes, class_to_idx, entries, targets
 
 
