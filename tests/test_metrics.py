@@ -51,8 +51,11 @@ def test_add_feeds_the_parent_and_reset_clears():
     child = Counters(parent=parent)
     child.add("requests")
     child.add("bytes_fetched", 10)
+    child.add_each(("cache_hits", "cache_hits_disk", "cache_hits"))
     child.observe("volume_latency", 0.01)
     assert child.get("requests") == 1 and parent.get("bytes_fetched") == 10
+    assert child.get("cache_hits") == parent.get("cache_hits") == 2
+    assert parent.get("cache_hits_disk") == 1
     assert parent.histograms()["volume_latency"]["count"] == 1
     child.reset()
     assert child.snapshot()["bytes_fetched"] == 0 and child.histograms()["volume_latency"][

@@ -166,6 +166,15 @@ class Counters:
         if self._parent is not None:
             self._parent.add(name, amount)
 
+    def add_each(self, names: tuple[str, ...]) -> None:
+        """Add 1 to each counter of ``names`` (one lock for all: the cache's hit path)."""
+        with self._lock:
+            values = self._values
+            for name in names:
+                values[name] = values.get(name, 0) + 1
+        if self._parent is not None:
+            self._parent.add_each(names)
+
     def observe(self, name: str, seconds: float) -> None:
         """Count one duration into histogram ``name`` (here and in the parent)."""
         with self._lock:

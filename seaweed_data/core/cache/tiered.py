@@ -36,6 +36,7 @@ charged to ``memory_cache_bytes`` so that many small files keep to the budget to
 MAX_PENDING_WRITES = 64
 WRITE_BURST = 32
 """Queued blocks the writer thread files in one index transaction, at most."""
+_HIT_COUNTERS = {tier: ("cache_hits", f"cache_hits_{tier}") for tier in ("memory", "disk")}
 
 
 class TieredCache:
@@ -157,5 +158,4 @@ class TieredCache:
             self.disk.close()
 
     def _hit(self, tier: str) -> None:
-        self._counters.add("cache_hits")
-        self._counters.add(f"cache_hits_{tier}")
+        self._counters.add_each(_HIT_COUNTERS[tier])
