@@ -443,3 +443,10 @@ def test_eviction_benchmark_small(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "| 50% | future |" in (tmp_path / "eviction.md").read_text()
     assert (tmp_path / "eviction.json").exists()
     assert "belady" in capsys.readouterr().out
+
+
+def test_missing_names_the_keys_not_stored() -> None:
+    cache = tier(100)
+    fill(cache, "a", "b")
+    assert cache.missing([key("a"), key("c"), key("b"), key("d")]) == [key("c"), key("d")]
+    assert cache.missing([]) == []

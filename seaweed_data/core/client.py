@@ -119,9 +119,11 @@ class Client:
         next epoch's). It drives prefetching and the ``"future"`` eviction policy; replacing
         the hints (a new epoch, a resume) cancels prefetches that are no longer ahead."""
         core = self._async()
-        self._run(core.set_hints([self.path(p) for p in paths],
-                                 [self.path(p) for p in next_paths], known,
-                                 prefetch_next=prefetch_next))
+        known = known or {}
+        # A path that is a key of ``known`` is a filer path (an entry's) already.
+        self._run(core.set_hints([p if p in known else self.path(p) for p in paths],
+                                 [p if p in known else self.path(p) for p in next_paths],
+                                 known, prefetch_next=prefetch_next))
 
     def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
         """Whole files of entries you already have (a listing), concurrently, in order.

@@ -206,11 +206,13 @@ class ItemReads:
             for pending in self._disk_lookups:
                 pending.cancel()
             self._on_disk = None
-        memory = self.cache.memory  # what it holds needs no lookup (nor any fetch)
-        keys = list({key for key in (whole_file_key(e) for e in (self._hinted.get(p)
-                                                                 for p in paths)
-                                     if e is not None and self._cacheable(e))
-                     if key not in memory})
+        # What memory holds needs no lookup (nor any fetch), nor what is known on disk.
+        known = self._on_disk or set()
+        hinted = (self._hinted.get(p) for p in paths)
+        wanted = {key for key in (whole_file_key(e) for e in hinted
+                                  if e is not None and e.content is None and e.size > 0)
+                  if key not in known}
+        keys = self.cache.memory.missing(wanted)
         task = asyncio.ensure_future(asyncio.to_thread(self.cache.on_disk, keys))
         self._disk_lookups.add(task)
         task.add_done_callback(self._noted_on_disk)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..config import Config
 from ..core.client import Client
+from ..core.entry import Entry
 from ..core.job_metrics import JobMetrics
 from ..core.location import parse_location
 from ..core.metrics import PROCESS, Counters
@@ -102,6 +103,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self._following = True
         self._predicted: list[list[int]] = []
         self._epochs_seen = 0
+        self._by_path: dict[str, Entry] | None = None
         self._pending: Announcement | None = None
         self._counters = Counters(parent=PROCESS)  # this dataset's reads, in this process
         self._jobs = JobMetrics.create(self._counters)  # workers report theirs here
@@ -133,6 +135,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_client"], state["_client_pid"] = None, 0  # each process opens its own
+        state["_by_path"] = None
         return state
 
     # -- samples -------------------------------------------------------------------------------
@@ -258,7 +261,9 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
             upcoming = _flatten(worker_share(announcement.next_order or [],
                                              announcement.batched, batch_size, worker, workers))
         paths = [self.entries[i].path for i in mine]
-        known = {e.path: e for e in (self.entries[i] for i in {*mine, *upcoming})}
+        if self._by_path is None:  # made once per process, for every epoch's hints
+            self._by_path = {e.path: e for e in self.entries}
+        known = self._by_path
         # A worker fetches across the epoch boundary only once it has shown it outlives an
         # epoch (persistent_workers): otherwise it would prefetch for a successor process.
         self._epochs_seen += 1

@@ -119,6 +119,12 @@ class MemoryTier:
         with self._lock:
             return key in self._entries
 
+    def missing(self, keys: Iterable[BlockKey]) -> list[BlockKey]:
+        """Those of ``keys`` not stored (one lock for all of them)."""
+        with self._lock:
+            entries = self._entries
+            return [key for key in keys if key not in entries]
+
     def __iter__(self) -> Iterator[BlockKey]:
         """Iterate over a snapshot of the stored keys, most recently used first."""
         return iter(self.keys())
