@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seaweed_data.core.cache.disk import DiskTier
+from seaweed_data.core.cache.tiered import WRITE_BURST
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENTRY_BYTES = 13_000
@@ -50,6 +51,14 @@ def tier_get(base: Path, n: int, data: bytes) -> None:
     tier = DiskTier(base / "tier", 1 << 34)  # reads what tier_put wrote this round
     for i in range(n):
         assert tier.get(f"k{i}") == data
+    tier.close()
+
+
+def tier_put_many(base: Path, n: int, data: bytes) -> None:
+    """What the cache's write-behind thread does: bursts of WRITE_BURST entries."""
+    tier = DiskTier(base / "many", 1 << 34)
+    for start in range(0, n, WRITE_BURST):
+        tier.put_many([(f"k{i}", data, None) for i in range(start, min(n, start + WRITE_BURST))])
     tier.close()
 
 
@@ -87,6 +96,7 @@ def pack_and_index(base: Path, n: int, data: bytes) -> None:
 CASES: dict[str, Case] = {
     "DiskTier.put": tier_put,
     "DiskTier.get": tier_get,
+    f"DiskTier.put_many, bursts of {WRITE_BURST}": tier_put_many,
     "file per entry: create, write, rename": file_per_entry,
     "append to one pack file": pack_append,
     "append + SQLite index row": pack_and_index,
