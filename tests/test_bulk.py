@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork
@@ -211,30 +209,3 @@ def test_fillable_bytes_are_written_in_place_and_outlive_their_owner(monkeypatch
     assert view.tobytes() == b"okYdef"
     assert buffers.Fillable(0).result() == b""
 
-
-def _vm_flags(address: int) -> list[str]:
-    """The VmFlags of the mapping of this process that holds ``address``."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
-            low, high = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
-            inside = low <= address < high
-        elif inside and line.startswith("VmFlags:"):
-            return line.split()[1:]
-    return []
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux advice")
-def test_large_fillable_bytes_ask_for_huge_pages(monkeypatch) -> None:
-    size = buffers.HUGE_MIN + buffers.HUGE_PAGE
-    fillable = buffers.Fillable(size)
-    address = buffers._API[1](fillable.result())
-    inner = -(-address // buffers.HUGE_PAGE) * buffers.HUGE_PAGE
-    assert "hg" in _vm_flags(inner)  # advised before a byte was written
-    fillable.view[:] = b"\x07" * size
-    assert fillable.result().count(b"\x07") == size
-    small = buffers.Fillable(buffers.HUGE_MIN - 1)
-    assert "hg" not in _vm_flags(buffers._API[1](small.result()) + 4096)
-    assert not buffers.advise_huge_pages(inner + 4096, buffers.HUGE_PAGE)  # no whole page
-    monkeypatch.setattr(buffers, "_MADVISE", None)
-    assert not buffers.advise_huge_pages(inner, 4 * buffers.HUGE_PAGE)
