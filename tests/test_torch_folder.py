@@ -19,6 +19,7 @@ from torch.utils.data import (
 
 import seaweed_data as sd
 from seaweed_data.torch import PrefetchSampler, SeaweedImageFolder
+from seaweed_data.torch.announce import Channel
 from seaweed_data.torch.folder import IMG_EXTENSIONS
 
 LAYOUT = {
@@ -256,4 +257,34 @@ def test_the_listing_hashes_every_version_once_for_all_workers(cluster, folder):
     for entries in (ds.entries, clone.entries):
         assert entries and all("_version" in e.__dict__ for e in entries)
     assert [e.version for e in clone.entries] == [e.version for e in ds.entries]
+    ds.close()
+
+
+class CountingChannel(Channel):
+    polls = 0
+
+    def poll(self):
+        CountingChannel.polls += 1
+        return super().poll()
+
+
+class PollReportingFolder(SeaweedImageFolder):
+    def __getitems__(self, indices):
+        super().__getitems__(indices)
+        return [CountingChannel.polls]
+
+
+def test_workers_look_for_announcements_only_when_a_batch_was_not_predicted(cluster, folder):
+    ds = PollReportingFolder(f"{cluster.filer_url}/folder", loader=raw)
+    ds._channel = CountingChannel()
+    sampler = PrefetchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(1)), ds)
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1,
+                        collate_fn=lambda b: b, persistent_workers=True,
+                        multiprocessing_context="fork")
+    epochs = [[count for batch in loader for count in batch] for _ in range(2)]
+    batches = -(-len(ds) // 2)
+    assert batches >= 3 and [len(e) for e in epochs] == [batches, batches]
+    # One look per epoch, at its first batch (nothing predicted for it): the batches of the
+    # announced order need none.
+    assert epochs[0] == [1] * batches and epochs[1] == [2] * batches
     ds.close()

@@ -104,8 +104,9 @@ class Channel:
     def poll(self) -> Announcement | None:
         """A newer announcement than the last one this process saw, if any (workers).
 
-        Called for every batch: a file this process read already (every announcement is a
-        new file, renamed into place) costs one ``stat``, not a read."""
+        Called for every batch the worker's current order did not predict: a file this
+        process read already (every announcement is a new file, renamed into place) costs
+        one ``stat``, not a read."""
         path = os.path.join(self.directory, "current")
         try:
             if _identity(os.stat(path)) == self._seen_file:

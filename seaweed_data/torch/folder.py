@@ -237,7 +237,10 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
             return False
         if not self._following:
             return False
-        announcement = self._channel.poll()
+        # The batch predicted from this epoch's order needs no look for a new announcement
+        # (a file stat per batch): a new epoch shows as a batch the order did not predict.
+        expected = bool(self._predicted) and self._predicted[0] == indices
+        announcement = None if expected else self._channel.poll()
         if announcement is not None:
             self._apply(announcement, batch_size=len(indices), worker=info.id,
                         workers=info.num_workers, first=indices)
