@@ -142,8 +142,13 @@ class ItemReads:
         self.prefetcher.settle(self.prefetcher.claim(path))
 
     def consumed_all(self, paths: Sequence[str]) -> None:
-        for path in paths:
-            self.consumed(path)
+        """:meth:`consumed` of a batch, in order (one lock, one refill of the window)."""
+        self.cache.on_demand_all(paths)
+        if self._order is not None and not self._hinted:
+            for path in paths:
+                self._follow_order(path)
+        for slot in self.prefetcher.claim_all(paths):
+            self.prefetcher.settle(slot)
 
     def cached_slice(self, entry: Entry, start: int, stop: int) -> bytes | None:
         """A range of a file whose whole content is in memory, without I/O."""

@@ -99,6 +99,19 @@ class Prefetcher:
         self._pump()
         return slot
 
+    def claim_all(self, items: Iterable[str]) -> list[_Slot | None]:
+        """:meth:`claim` of each of ``items`` in turn, the window refilled once at the end
+        (a batch the consumer read from the cache)."""
+        slots = []
+        for item in items:
+            self._advance(item)
+            slot = self._slots.pop(item, None)
+            if slot is not None:
+                self._bytes_ahead -= slot.size
+            slots.append(slot)
+        self._pump()
+        return slots
+
     async def receive(self, slot: _Slot | None) -> bytes | None:
         """The bytes of a claimed slot, or None if there was none or its fetch failed."""
         if slot is None:

@@ -153,6 +153,12 @@ class MemoryTier:
         with self._lock:
             self._policy.on_demand(item)
 
+    def on_demand_all(self, items: Iterable[str]) -> None:
+        """:meth:`on_demand` of each of ``items``, in order, under one lock."""
+        with self._lock:
+            for item in items:
+                self._policy.on_demand(item)
+
     def stats(self) -> dict[str, int]:
         """Counters: ``hits``, ``misses``, ``evictions``, ``rejected``, ``bytes``, ``entries``,
         ``capacity``."""

@@ -144,6 +144,9 @@ class TieredCache:
         """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
         self.memory.on_demand(item)
 
+    def on_demand_all(self, items: Sequence[str]) -> None:
+        self.memory.on_demand_all(items)
+
     def set_future(self, items: Sequence[str]) -> None:
         self.memory.set_future(items)
 
