@@ -191,6 +191,58 @@ def test_cached_items_are_not_prefetched():
     assert asyncio.run(go()).fetched == ["a", "c"]
 
 
+def test_the_same_order_told_again_continues_and_cached_items_are_asked_again():
+    async def go() -> tuple[FakeStore, list[str]]:
+        store = FakeStore()
+        asked: list[str] = []
+
+        def needed(item: str) -> bool:
+            asked.append(item)
+            return item != "b"  # cached: not fetched, remembered only while in the window
+
+        prefetcher = make_prefetcher(store, Counters(), depth=2, needed=needed)
+        prefetcher.set_hints(["a", "b", "c"])
+        await prefetcher.take("a")
+        assert prefetcher.continued_by(["b", "c", "a", "b"]) == 2
+        assert prefetcher.continued_by(["c", "b"]) is None  # another order
+        assert prefetcher.continued_by(["b"]) is None  # shorter than what is ahead
+        prefetcher.extend_hints(["a", "b"])
+        for item in ("b", "c", "a", "b"):
+            await prefetcher.take(item)
+        assert prefetcher.continued_by(["x"]) == 0  # nothing ahead: anything continues it
+        return store, asked
+
+    store, asked = asyncio.run(go())
+    assert store.fetched == ["a", "c", "a"]
+    assert asked.count("b") == 2  # asked again in the next epoch, not assumed still cached
+
+
+def test_claiming_a_cached_batch_at_once_is_claiming_it_item_by_item():
+    """What ``consumed_all`` does with a batch the consumer read from the cache."""
+    batch = ["i0", "i1", "i3"]  # i2 skipped
+
+    async def go() -> tuple[list[list[str]], Counters]:
+        runs: list[list[str]] = []
+        counters = Counters()
+        for bulk in (False, True):
+            prefetcher = make_prefetcher(FakeStore(), counters, depth=3,
+                                         needed=lambda i: i not in batch)
+            prefetcher.set_hints([f"i{n}" for n in range(8)])
+            await asyncio.sleep(0.01)
+            if bulk:
+                slots = prefetcher.claim_all(batch)
+            else:
+                slots = [prefetcher.claim(item) for item in batch]
+            assert slots == [None, None, None]  # cached: never fetched
+            runs.append(sorted(prefetcher._slots))
+            assert prefetcher.hints == [f"i{n}" for n in range(4, 8)]
+        return runs, counters
+
+    runs, counters = asyncio.run(go())
+    assert runs == [["i4", "i5", "i6"]] * 2
+    assert counters.get("prefetch_wasted") == 2  # i2, once per run
+
+
 def test_order_detector_sequential_restart_and_random():
     order = [f"f{i}" for i in range(10)]
     detector = OrderDetector(order)

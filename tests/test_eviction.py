@@ -450,3 +450,27 @@ def test_missing_names_the_keys_not_stored() -> None:
     fill(cache, "a", "b")
     assert cache.missing([key("a"), key("c"), key("b"), key("d")]) == [key("c"), key("d")]
     assert cache.missing([]) == []
+
+
+def test_the_same_future_told_again_with_more_continues_it_exactly() -> None:
+    rng = random.Random(7)
+    first = [rng.choice(ITEMS) for _ in range(40)]
+    later = [rng.choice(ITEMS) for _ in range(40)]
+    told_again, fresh = tier(50), tier(50)
+    told_again.set_future(first)
+    fill(told_again, *ITEMS[:5])
+    for item in first[:15]:
+        told_again.on_demand(item)
+    policy = told_again.policy
+    assert isinstance(policy, FutureAwareEviction)
+    stream = policy._stream
+    told_again.set_future(first[15:] + later)  # continued: appended, not rebuilt
+    assert policy._stream is stream and policy.remaining_hints == 25 + 40
+    fresh.set_future(first[15:] + later)
+    fill(fresh, *ITEMS[:5])
+    other = fresh.policy
+    assert isinstance(other, FutureAwareEviction)
+    offset = policy.cursor - other.cursor
+    for item in ITEMS:
+        assert policy.next_use(item) - offset == other.next_use(item)
+    assert policy.victim(key("h"), told_again._entries) == other.victim(key("h"), fresh._entries)

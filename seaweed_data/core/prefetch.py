@@ -100,8 +100,10 @@ class Prefetcher:
         return slot
 
     def claim_all(self, items: Iterable[str]) -> list[_Slot | None]:
-        """:meth:`claim` of each of ``items`` in turn, the window refilled once at the end
-        (a batch the consumer read from the cache)."""
+        """:meth:`claim` of each of ``items`` in turn, the window refilled once at the end:
+        for a batch the consumer read from the cache (an item of it beyond the window gets no
+        slot, where claiming one by one would have considered it, found it cached, and not
+        fetched it either)."""
         slots = []
         for item in items:
             self._advance(item)
