@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 # A script answers one request (its target) with raw bytes, or None to hang up at once;
 # bytes ending in HANG_UP are sent (without it), then the connection is closed.
 # An answer may also be a list of pieces and pauses (seconds), sent in turn.
 Script = Callable[[str, int], bytes | list[bytes | float] | None]
 HANG_UP = b"<hang up>"
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+def run_scripted(script: Script, make_client: Callable[[], C],
+                 body: Callable[[C, str, ScriptedServer], Awaitable[None]]) -> None:
+    """Run ``body(client, address, server)`` against a server answering with ``script``;
+    the client (from ``make_client``) is closed afterwards."""
+    async def main() -> None:
+        server = ScriptedServer(script)
+        client = make_client()
+        async with server as address:
+            try:
+                await body(client, address, server)
+            finally:
+                await client.close()
+
+    asyncio.run(main())
 
 
 def ok(body: bytes, extra: str = "") -> bytes:

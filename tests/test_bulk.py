@@ -13,7 +13,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork
+from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork, run_scripted
 
 from seaweed_data.core import buffers
 from seaweed_data.core.bulk import BulkGets
@@ -23,16 +23,7 @@ BODY = bytes(range(256)) * 4096  # 1 MiB
 
 
 def run(script: Script, body: Callable[[BulkGets, str, ScriptedServer], Awaitable[None]]) -> None:
-    async def main() -> None:
-        server = ScriptedServer(script)
-        bulk = BulkGets(connect_timeout=2)
-        async with server as address:
-            try:
-                await body(bulk, address, server)
-            finally:
-                await bulk.close()
-
-    asyncio.run(main())
+    run_scripted(script, lambda: BulkGets(connect_timeout=2), body)
 
 
 def buffer(size: int = len(BODY)) -> memoryview:

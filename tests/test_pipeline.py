@@ -12,23 +12,14 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork
+from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork, run_scripted
 
 from seaweed_data.core.pipeline import Pipelines
 from seaweed_data.errors import RequestTimeoutError, TransportError, UnreachableError
 
 
 def run(script: Script, body: Callable[[Pipelines, str, ScriptedServer], Awaitable[None]]) -> None:
-    async def main() -> None:
-        server = ScriptedServer(script)
-        pipes = Pipelines(connect_timeout=2)
-        async with server as address:
-            try:
-                await body(pipes, address, server)
-            finally:
-                await pipes.close()
-
-    asyncio.run(main())
+    run_scripted(script, lambda: Pipelines(connect_timeout=2), body)
 
 
 def test_pipelined_answers_come_back_in_order_on_few_connections() -> None:
