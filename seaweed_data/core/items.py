@@ -37,6 +37,11 @@ def whole_file_key(entry: Entry) -> BlockKey:
     return BlockKey(entry.path, entry.version, 0, entry.size)
 
 
+def _has_own_bytes(entry: Entry) -> bool:
+    """Whether the file has bytes of its own to cache (not empty, not inline in its entry)."""
+    return entry.content is None and entry.size > 0
+
+
 @dataclass
 class _Shared:
     task: asyncio.Task[bytes]
@@ -137,9 +142,7 @@ class ItemReads:
 
     def consumed(self, path: str) -> None:
         """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""
-        self.cache.on_demand(path)
-        self._follow_order(path)
-        self.prefetcher.settle(self.prefetcher.claim(path))
+        self.consumed_all([path])
 
     def consumed_all(self, paths: Sequence[str]) -> None:
         """:meth:`consumed` of a batch, in order (one lock, one refill of the window)."""
@@ -215,7 +218,7 @@ class ItemReads:
         known = self._on_disk or set()
         hinted = (self._hinted.get(p) for p in paths)
         wanted = {key for key in (whole_file_key(e) for e in hinted
-                                  if e is not None and e.content is None and e.size > 0)
+                                  if e is not None and _has_own_bytes(e))
                   if key not in known}
         keys = self.cache.memory.missing(wanted)
         task = asyncio.ensure_future(asyncio.to_thread(self.cache.on_disk, keys))
@@ -241,7 +244,7 @@ class ItemReads:
         return entry.size if entry is not None else 0
 
     def _cacheable(self, entry: Entry) -> bool:
-        return self.cache.enabled and entry.content is None and entry.size > 0
+        return self.cache.enabled and _has_own_bytes(entry)
 
     def close(self) -> None:
         self.prefetcher.clear()

@@ -92,10 +92,7 @@ class Prefetcher:
 
     def claim(self, item: str) -> _Slot | None:
         """The consumer reads ``item`` now: move the window past it and hand over its slot."""
-        self._advance(item)
-        slot = self._slots.pop(item, None)
-        if slot is not None:
-            self._bytes_ahead -= slot.size
+        slot = self._hand_over(item)
         self._pump()
         return slot
 
@@ -104,15 +101,17 @@ class Prefetcher:
         for a batch the consumer read from the cache (an item of it beyond the window gets no
         slot, where claiming one by one would have considered it, found it cached, and not
         fetched it either)."""
-        slots = []
-        for item in items:
-            self._advance(item)
-            slot = self._slots.pop(item, None)
-            if slot is not None:
-                self._bytes_ahead -= slot.size
-            slots.append(slot)
+        slots = [self._hand_over(item) for item in items]
         self._pump()
         return slots
+
+    def _hand_over(self, item: str) -> _Slot | None:
+        """Move the window past ``item``; its slot, taken out of the window."""
+        self._advance(item)
+        slot = self._slots.pop(item, None)
+        if slot is not None:
+            self._bytes_ahead -= slot.size
+        return slot
 
     async def receive(self, slot: _Slot | None) -> bytes | None:
         """The bytes of a claimed slot, or None if there was none or its fetch failed."""
