@@ -201,18 +201,19 @@ def volume_behind_proxy(cluster: LocalCluster, dropping_proxy: Callable[[str], D
 
 def fault_schedule(proxy: DroppingProxy, batches: int,
                    slow: float) -> dict[int, Callable[[], None]]:
-    """Before every other batch: one fault armed for the next new connection (in turn an RST
-    after some response bytes, a FIN after some, a first byte ``slow`` seconds late), then
-    every open connection aborted, so that the reads in flight fail and the next ones need
-    new connections."""
+    """Before every other batch: every open connection aborted, so that the reads in flight
+    fail and the next ones need new connections, then one fault armed for the next new
+    connection (in turn an RST after some response bytes, a FIN after some, a first byte
+    ``slow`` seconds late). In that order: a fault armed first could be taken by a connection
+    opened just before the abort, and be cancelled with it unused."""
     rng = random.Random(batches)
     arms = [lambda: proxy.reset_after(rng.randrange(100, 20_000)),
             lambda: proxy.truncate(rng.randrange(100, 20_000)),
             lambda: proxy.delay_first_byte(slow)]
 
     def strike(k: int) -> None:
-        arms[(k // 2) % len(arms)]()
         proxy.drop_all()
+        arms[(k // 2) % len(arms)]()
 
     return {k: (lambda k=k: strike(k)) for k in range(1, batches, 2)}  # type: ignore[misc]
 
