@@ -100,6 +100,75 @@ def test_batches_of_cache_hits_are_served_in_the_calling_thread(cluster, dataset
     assert stats["cache_hits_disk"] == len(paths)
 
 
+def test_background_hints_come_before_the_reads_that_follow(cluster, dataset):
+    """set_hints(background=True) returns at once, yet with every entry known the hints
+    are in place before the next call: the epoch is prefetched exactly, one fetch a file."""
+    paths = epoch_order(sorted(dataset), 0)
+    with cluster.client(prefetch_items=16) as client:
+        entries = {p: client.stat(p) for p in paths}
+        client.set_hints(paths, known=entries, background=True)
+        for start in range(0, len(paths), 8):
+            batch = [entries[p] for p in paths[start:start + 8]]
+            assert client.read_entries(batch) == [dataset[e.path] for e in batch]
+        stats = client.stats()
+    assert stats["prefetch_issued"] >= 0.9 * len(paths)
+    assert stats["prefetch_used"] / stats["prefetch_issued"] >= 0.99
+    assert stats["bytes_fetched"] == sum(SIZES)
+
+
+def test_background_hints_without_entries_warm_them_and_log_a_failure(cluster, dataset,
+                                                                       caplog):
+    paths = sorted(dataset)[:40]
+    with cluster.client(prefetch_items=8) as client:
+        client.set_hints(paths, background=True)  # metadata first, in a task
+        for _ in range(500):
+            if all(client._async().items.is_hinted(p) for p in paths):
+                break
+            time.sleep(0.01)
+        assert all(client._async().items.is_hinted(p) for p in paths)
+        assert [client.read(p) for p in paths] == [dataset[p] for p in paths]
+        assert client.stats()["prefetch_used"] >= len(paths) - 8
+
+        async def broken(_paths):
+            raise ConnectionError("filer gone")
+        client._async().items._warm = broken
+        client.set_hints(paths[::-1], background=True)
+        for _ in range(500):
+            if "prefetch hints were not applied" in caplog.text:
+                break
+            time.sleep(0.01)
+        assert client.read(paths[-1]) == dataset[paths[-1]]  # reads go on
+    assert "prefetch hints were not applied: filer gone" in caplog.text
+
+
+def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster, dataset,
+                                                                         tmp_path):
+    """One index query for the next few hundred hinted files as the prefetch window reaches
+    them, none for files memory holds by then (a worker's next epoch)."""
+    from seaweed_data.core.items import DISK_LOOKAHEAD
+
+    paths = sorted(dataset)
+    disk = str(tmp_path / "cache")
+    with cluster.client(disk_cache_dir=disk) as client:
+        run_epochs(client, dataset, 1)
+        client.flush()
+        items = client._async().items
+        asked = []
+        looked_up = items.cache.on_disk
+        items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+        run_epochs(client, dataset, 1)  # all in memory: no lookup
+        assert asked == [] and client.stats()["cache_hits_memory"] >= len(paths)
+    with cluster.client(disk_cache_dir=disk, prefetch_items=16) as fresh:
+        items = fresh._async().items
+        asked = []
+        looked_up = items.cache.on_disk
+        items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+        run_epochs(fresh, dataset, 1)
+        stats = fresh.stats()
+    assert stats["bytes_fetched"] == 0 and stats["prefetch_issued"] == 0
+    assert len(asked) <= len(paths) // DISK_LOOKAHEAD + 1 and sum(asked) == len(paths)
+
+
 def test_flush_puts_what_was_read_on_the_disk_tier_for_other_processes(cluster, dataset,
                                                                        tmp_path):
     paths = sorted(dataset)[:10]

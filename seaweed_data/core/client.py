@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -114,16 +115,25 @@ class Client:
 
     def set_hints(self, paths: Sequence[str], next_paths: Sequence[str] = (),
                   known: Mapping[str, Entry] | None = None, *,
-                  prefetch_next: bool = True) -> None:
+                  prefetch_next: bool = True, background: bool = False) -> None:
         """Announce the exact order of the coming whole-file reads (and, when known, of the
         next epoch's). It drives prefetching and the ``"future"`` eviction policy; replacing
-        the hints (a new epoch, a resume) cancels prefetches that are no longer ahead."""
+        the hints (a new epoch, a resume) cancels prefetches that are no longer ahead.
+
+        ``background=True`` returns at once and applies the hints on the loop thread: when
+        ``known`` has the entry of every path, before any later call of this client; else
+        once their metadata is in, a failure then being logged (reads go on unhinted).
+        """
         core = self._async()
         known = known or {}
         # A path that is a key of ``known`` is a filer path (an entry's) already.
-        self._run(core.set_hints([p if p in known else self.path(p) for p in paths],
-                                 [p if p in known else self.path(p) for p in next_paths],
-                                 known, prefetch_next=prefetch_next))
+        paths = [p if p in known else self.path(p) for p in paths]
+        next_paths = [p if p in known else self.path(p) for p in next_paths]
+        if background:
+            LOOP.post(partial(core.items.hint_soon, paths, next_paths, known,
+                              prefetch_next=prefetch_next))
+        else:
+            self._run(core.set_hints(paths, next_paths, known, prefetch_next=prefetch_next))
 
     def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
         """Whole files of entries you already have (a listing), concurrently, in order.

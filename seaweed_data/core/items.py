@@ -17,6 +17,7 @@ request, and it is cancelled only when all of them gave up.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,10 @@ from .prefetch import Prefetcher
 
 Stat = Callable[[str], Awaitable[Entry]]
 Download = Callable[[Entry], Awaitable[bytes]]
+log = logging.getLogger(__name__)
+
+DISK_LOOKAHEAD = 256  # hinted files looked up on the disk tier in one query
+
 WarmMetadata = Callable[[Sequence[str]], Awaitable[dict[str, Entry]]]
 
 
@@ -40,6 +45,11 @@ def whole_file_key(entry: Entry) -> BlockKey:
 def _has_own_bytes(entry: Entry) -> bool:
     """Whether the file has bytes of its own to cache (not empty, not inline in its entry)."""
     return entry.content is None and entry.size > 0
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("prefetch hints were not applied: %s", task.exception())
 
 
 @dataclass
@@ -64,8 +74,7 @@ class ItemReads:
         self._download = download
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
-        self._on_disk: set[BlockKey] | None = None  # hinted files on disk at hint time
-        self._disk_lookups: set[asyncio.Task[set[BlockKey]]] = set()
+        self._on_disk: dict[BlockKey, bool] = {}  # hinted files looked up: whether on disk
         self._inflight: dict[BlockKey, _Shared] = {}
         self._order: OrderDetector | None = None
 
@@ -80,26 +89,44 @@ class ItemReads:
         ``prefetch_next=False`` uses the next epoch's order for eviction only (a process
         that will not live to read it should not fetch it).
         """
+        known = known or {}
+        unknown = [p for p in [*paths, *next_paths] if p not in known]
+        found = await self._warm(unknown) if unknown else {}
+        self.use_hints(paths, next_paths, {**known, **found} if found else known,
+                       prefetch_next=prefetch_next)
+
+    def hint_soon(self, paths: Sequence[str], next_paths: Sequence[str],
+                  known: Mapping[str, Entry], *, prefetch_next: bool) -> None:
+        """:meth:`set_hints` posted from another thread (on the loop thread): at once when
+        ``known`` has every entry, so the hints come before any call posted after them;
+        otherwise in a task (a failure is logged: reads go on without prefetching)."""
+        if all(p in known for p in [*paths, *next_paths]):
+            self.use_hints(paths, next_paths, known, prefetch_next=prefetch_next)
+            return
+        task = asyncio.ensure_future(
+            self.set_hints(paths, next_paths, known, prefetch_next=prefetch_next))
+        task.add_done_callback(_log_failure)
+
+    def use_hints(self, paths: Sequence[str], next_paths: Sequence[str],
+                  known: Mapping[str, Entry], *, prefetch_next: bool = True) -> None:
+        """:meth:`set_hints` of files whose entries ``known`` holds (those it lacks are read
+        without prefetching)."""
         everything = [*paths, *next_paths]
         fetched = everything if prefetch_next else list(paths)
-        known = known or {}
         self._hinted = {p: known[p] for p in everything if p in known}
-        self._hinted.update(await self._warm([p for p in everything if p not in known]))
         # The same order told again with more of it (a worker's next epoch, announced a
-        # whole epoch ago): only the new part is looked up and appended.
+        # whole epoch ago): only the new part is appended.
         ahead = self.prefetcher.continued_by(fetched)
-        added = fetched if ahead is None else fetched[ahead:]
-        self._look_on_disk(added, fresh=ahead is None)
         self.cache.set_future(everything)
         if ahead is None:
+            self._on_disk.clear()
             self.prefetcher.set_hints(fetched)
         else:
-            self.prefetcher.extend_hints(added)
+            self.prefetcher.extend_hints(fetched[ahead:])
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         """More reads after the announced ones (e.g. the next epoch, computed ahead)."""
         self._hinted.update(await self._warm(paths))
-        self._look_on_disk(paths, fresh=False)
         self.cache.extend_future(paths)
         self.prefetcher.extend_hints(paths)
 
@@ -201,43 +228,36 @@ class ItemReads:
                 return cached
         return await self._single_flight(entry, key)
 
-    def _look_on_disk(self, paths: Sequence[str], *, fresh: bool) -> None:
-        """Learn, in the background, which hinted files the disk tier holds: all in one go
-        (one query per file costs the prefetcher more than some reads), without holding up
-        the caller (a DataLoader worker waits for its hints). Until the answer is in, the
-        prefetcher asks the disk about each file. A file stored later by another process is
-        not noted; its prefetch finds it on disk before fetching. ``fresh``: new hints,
-        whose answer replaces what was known."""
-        if self.cache.disk is None:
-            return
-        if fresh:
-            for pending in self._disk_lookups:
-                pending.cancel()
-            self._on_disk = None
-        # What memory holds needs no lookup (nor any fetch), nor what is known on disk.
-        known = self._on_disk or set()
-        hinted = (self._hinted.get(p) for p in paths)
-        wanted = {key for key in (whole_file_key(e) for e in hinted
-                                  if e is not None and _has_own_bytes(e))
-                  if key not in known}
-        keys = self.cache.memory.missing(wanted)
-        task = asyncio.ensure_future(asyncio.to_thread(self.cache.on_disk, keys))
-        self._disk_lookups.add(task)
-        task.add_done_callback(self._noted_on_disk)
-
-    def _noted_on_disk(self, task: asyncio.Task[set[BlockKey]]) -> None:
-        self._disk_lookups.discard(task)
-        if not task.cancelled() and task.exception() is None:
-            self._on_disk = (self._on_disk or set()) | task.result()
-
     def _needs_fetch(self, path: str) -> bool:
+        """Whether the prefetcher must fetch a hinted file: not when a tier holds it."""
         entry = self._hinted.get(path)
         if entry is None:
             return True
         key = whole_file_key(entry)
-        if self._on_disk is None or self._disk_lookups:  # not known yet: ask about this one
-            return not self.cache.contains(key)
-        return key not in self.cache.memory and key not in self._on_disk
+        if key in self.cache.memory:
+            return False
+        if self.cache.disk is None:
+            return True
+        if key not in self._on_disk:
+            self._look_ahead_on_disk()
+        return not self._on_disk.get(key, False)
+
+    def _look_ahead_on_disk(self) -> None:
+        """Learn which of the next hinted files the disk tier holds, in one index query for
+        :data:`DISK_LOOKAHEAD` of them, as the prefetch window reaches them: by then many
+        are in memory and need no lookup (a worker's next epoch: all it read this one). A
+        file stored by another process after its lookup is still found by its prefetch,
+        which asks the disk once more before fetching."""
+        if len(self._on_disk) > 4 * DISK_LOOKAHEAD:
+            self._on_disk.clear()  # behind the window by now; an item asked again is looked up
+        upcoming = (self._hinted.get(p)
+                    for p in self.prefetcher.upcoming(self.prefetcher.depth + DISK_LOOKAHEAD))
+        wanted = dict.fromkeys(key for key in (whole_file_key(e) for e in upcoming
+                                               if e is not None and _has_own_bytes(e))
+                               if key not in self._on_disk)
+        keys = self.cache.memory.missing(wanted)
+        found = self.cache.on_disk(keys)
+        self._on_disk.update((key, key in found) for key in keys)
 
     def _size_of(self, path: str) -> int:
         entry = self._hinted.get(path)
@@ -250,6 +270,4 @@ class ItemReads:
         self.prefetcher.clear()
         for shared in self._inflight.values():
             shared.task.cancel()
-        for lookup in self._disk_lookups:
-            lookup.cancel()
         self.cache.close()

@@ -66,6 +66,10 @@ class Prefetcher:
     def hints(self) -> list[str]:
         return list(self._hints)
 
+    def upcoming(self, count: int) -> list[str]:
+        """The next ``count`` hints (the window first)."""
+        return list(islice(self._hints, count))
+
     def set_hints(self, items: Iterable[str]) -> None:
         """Replace the announced order; prefetches outside the new window are cancelled."""
         self._hints = deque(items)

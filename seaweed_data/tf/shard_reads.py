@@ -97,8 +97,7 @@ class ShardReads:
             if owner is client:
                 paths.append(path)
                 known[path] = self._entries[number]
-        core = client._async()
-        LOOP.submit(core.set_hints(paths, known=known)).add_done_callback(_log_failure)
+        client.set_hints(paths, known=known, background=True)
 
     @contextlib.contextmanager
     def open(self, number: int, name: str) -> Iterator[IO[bytes]]:
@@ -157,11 +156,6 @@ class ShardReads:
             self._pid, self._last, self._lock = os.getpid(), -1, threading.Lock()
             self._forget()
         return self._lock
-
-
-def _log_failure(future: concurrent.futures.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("prefetch hints were not applied: %s", future.exception())
 
 
 def start_read(client: Client, path: str) -> Claim:

@@ -271,8 +271,9 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         # epoch (persistent_workers): otherwise it would prefetch for a successor process.
         self._epochs_seen += 1
         cross = batch_size == 0 or self._epochs_seen > 1
+        # Applied on the loop thread while this one goes on to read its batch.
         self.client.set_hints(paths, [self.entries[i].path for i in upcoming], known,
-                              prefetch_next=cross)
+                              prefetch_next=cross, background=True)
 
     def _stop_following(self, indices: list[int]) -> None:
         log.warning("DataLoader handed this worker batch %s, not the one predicted from the "
