@@ -33,7 +33,7 @@ Stat = Callable[[str], Awaitable[Entry]]
 Download = Callable[[Entry], Awaitable[bytes]]
 log = logging.getLogger(__name__)
 
-DISK_LOOKAHEAD = 256  # hinted files looked up on the disk tier in one query
+DISK_LOOKAHEAD = 64  # hinted files looked up on the disk tier in one query
 
 WarmMetadata = Callable[[Sequence[str]], Awaitable[dict[str, Entry]]]
 
@@ -222,8 +222,10 @@ class ItemReads:
     async def _prefetch(self, path: str) -> bytes:
         entry = await self.entry(path)
         key = whole_file_key(entry)
-        if self._cacheable(entry):  # cached after all (its entry was not known at hint time)
-            cached = await self.cache.get(key, count_miss=False)
+        if self._cacheable(entry):  # cached after all: read meanwhile, or not looked up
+            # (a file just looked up as the window reached it is not asked about again)
+            cached = await self.cache.get(key, count_miss=False,
+                                          disk=self._on_disk.get(key) is not False)
             if cached is not None:
                 return cached
         return await self._single_flight(entry, key)
@@ -245,13 +247,14 @@ class ItemReads:
     def _look_ahead_on_disk(self) -> None:
         """Learn which of the next hinted files the disk tier holds, in one index query for
         :data:`DISK_LOOKAHEAD` of them, as the prefetch window reaches them: by then many
-        are in memory and need no lookup (a worker's next epoch: all it read this one). A
-        file stored by another process after its lookup is still found by its prefetch,
-        which asks the disk once more before fetching."""
-        if len(self._on_disk) > 4 * DISK_LOOKAHEAD:
+        are in memory and need no lookup (a worker's next epoch: all it read this one).
+        Their prefetches trust the answer (an index query each cost a cold epoch ~7% of a
+        worker's CPU): a file another process stores in the short while between its lookup
+        and its prefetch is fetched once more."""
+        ahead = self.prefetcher.depth + DISK_LOOKAHEAD
+        if len(self._on_disk) > 4 * ahead:
             self._on_disk.clear()  # behind the window by now; an item asked again is looked up
-        upcoming = (self._hinted.get(p)
-                    for p in self.prefetcher.upcoming(self.prefetcher.depth + DISK_LOOKAHEAD))
+        upcoming = (self._hinted.get(p) for p in self.prefetcher.upcoming(ahead))
         wanted = dict.fromkeys(key for key in (whole_file_key(e) for e in upcoming
                                                if e is not None and _has_own_bytes(e))
                                if key not in self._on_disk)

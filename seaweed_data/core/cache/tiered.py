@@ -76,19 +76,22 @@ class TieredCache:
         found = self.disk.has_many(digests)
         return {key for key, digest in zip(keys, digests, strict=True) if digest in found}
 
-    async def get(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
-        if key.size > OFFLOAD_BYTES:
+    async def get(self, key: BlockKey, *, count_miss: bool = True,
+                  disk: bool = True) -> bytes | None:
+        if key.size > OFFLOAD_BYTES and disk:
             return await asyncio.to_thread(self.get_now, key, count_miss=count_miss)
-        return self.get_now(key, count_miss=count_miss)
+        return self.get_now(key, count_miss=count_miss, disk=disk)
 
-    def get_now(self, key: BlockKey, *, count_miss: bool = True) -> bytes | None:
+    def get_now(self, key: BlockKey, *, count_miss: bool = True,
+                disk: bool = True) -> bytes | None:
         """:meth:`get` in the calling thread (any thread): memory, then disk (promoted).
-        ``count_miss=False`` when a miss will be looked up (and counted) again."""
+        ``count_miss=False`` when a miss will be looked up (and counted) again;
+        ``disk=False`` when the disk tier was just asked about ``key``."""
         value = self.memory.get(key)
         if value is not None:
             self._hit("memory")
             return bytes(value)
-        if self.disk is not None:
+        if self.disk is not None and disk:
             data = self.disk.get(key.digest)
             if data is not None:
                 self._hit("disk")
