@@ -155,7 +155,7 @@ class ItemReads:
             return data
         key = whole_file_key(entry)
         if self._cacheable(entry):
-            cached = await self.cache.get(key)
+            cached = await self.cache.get(key, disk=self._may_be_on_disk(key))
             if cached is not None:
                 return cached
         return await self._single_flight(entry, key)
@@ -165,7 +165,8 @@ class ItemReads:
         A hit must be reported with :meth:`consumed`, on the loop thread, in read order."""
         if not self._cacheable(entry):
             return None
-        return self.cache.get_now(whole_file_key(entry), count_miss=False)
+        key = whole_file_key(entry)
+        return self.cache.get_now(key, count_miss=False, disk=self._may_be_on_disk(key))
 
     def consumed(self, path: str) -> None:
         """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""
@@ -225,7 +226,7 @@ class ItemReads:
         if self._cacheable(entry):  # cached after all: read meanwhile, or not looked up
             # (a file just looked up as the window reached it is not asked about again)
             cached = await self.cache.get(key, count_miss=False,
-                                          disk=self._on_disk.get(key) is not False)
+                                          disk=self._may_be_on_disk(key))
             if cached is not None:
                 return cached
         return await self._single_flight(entry, key)
@@ -244,13 +245,18 @@ class ItemReads:
             self._look_ahead_on_disk()
         return not self._on_disk.get(key, False)
 
+    def _may_be_on_disk(self, key: BlockKey) -> bool:
+        """False for a hinted file the disk tier did not hold when the window reached it:
+        reads (prefetch, demand or a peek from another thread) then skip its index query."""
+        return self._on_disk.get(key) is not False
+
     def _look_ahead_on_disk(self) -> None:
         """Learn which of the next hinted files the disk tier holds, in one index query for
         :data:`DISK_LOOKAHEAD` of them, as the prefetch window reaches them: by then many
         are in memory and need no lookup (a worker's next epoch: all it read this one).
-        Their prefetches trust the answer (an index query each cost a cold epoch ~7% of a
-        worker's CPU): a file another process stores in the short while between its lookup
-        and its prefetch is fetched once more."""
+        Reads of these files trust the answer (:meth:`_may_be_on_disk`; an index query per
+        file was ~7% of a worker's CPU samples in a cold epoch): a file another process
+        stores in the short while between its lookup and its read is fetched once more."""
         ahead = self.prefetcher.depth + DISK_LOOKAHEAD
         if len(self._on_disk) > 4 * ahead:
             self._on_disk.clear()  # behind the window by now; an item asked again is looked up
