@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import multiprocessing.util
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -33,9 +34,15 @@ OFFLOAD_BYTES = 1 << 20
 ENTRY_OVERHEAD_BYTES = 512
 """What an entry costs besides its bytes (key, LRU node, the eviction policy's bookkeeping),
 charged to ``memory_cache_bytes`` so that many small files keep to the budget too."""
-MAX_PENDING_WRITES = 64
-WRITE_BURST = 32
+MAX_PENDING_WRITES = 256
+MAX_PENDING_BYTES = 64 << 20
+"""Past either many blocks queued for the disk, the reader waits for the disk."""
+WRITE_BURST = 128
+WRITE_BURST_BYTES = 4 << 20
 """Queued blocks the writer thread files in one index transaction, at most."""
+WRITE_LINGER_S = 0.02
+"""How long the writer thread waits for a whole burst before filing fewer blocks: an index
+transaction costs about as much as filing ~20 entries, so small bursts cost the most."""
 _HIT_COUNTERS = {tier: ("cache_hits", f"cache_hits_{tier}") for tier in ("memory", "disk")}
 
 
@@ -49,10 +56,13 @@ class TieredCache:
         self._writer = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="seaweed_data-disk")
         self._queued: deque[tuple[str, bytes, float | None]] = deque()
+        self._queued_bytes = 0
         self._queue_lock = threading.Lock()
         self._draining: concurrent.futures.Future[None] | None = None
+        self._hurry = threading.Event()  # someone waits for the queued writes: no lingering
         # Writes still queued when a process ends (a DataLoader worker) are finished first.
-        multiprocessing.util.Finalize(self, self._writer.shutdown, exitpriority=10)
+        multiprocessing.util.Finalize(self, _finish_writes, args=(self._writer, self._hurry),
+                                      exitpriority=10)
         if config.disk_cache_dir and config.disk_cache_bytes > 0:
             from .disk import DiskTier
 
@@ -109,13 +119,15 @@ class TieredCache:
         # another process's transaction or evicts), which the reader should not wait for.
         # Puts queue up and one job of the writer thread stores every queued block (a
         # thread hand-off per burst, not per block); past MAX_PENDING_WRITES queued blocks
-        # the reader waits for the disk.
+        # (or MAX_PENDING_BYTES) the reader waits for the disk.
         with self._queue_lock:
             self._queued.append((key.digest, data, expires_at))
+            self._queued_bytes += len(data)
             job = self._draining
             if job is None:
                 job = self._draining = self._writer.submit(self._write_queued)
-        if len(self._queued) > MAX_PENDING_WRITES:
+        if len(self._queued) > MAX_PENDING_WRITES or self._queued_bytes > MAX_PENDING_BYTES:
+            self._hurry.set()
             await asyncio.wrap_future(job)
 
     def _write_queued(self) -> None:
@@ -123,16 +135,36 @@ class TieredCache:
         until none is left."""
         assert self.disk is not None
         while True:
+            self._linger()
             with self._queue_lock:
                 if not self._queued:
                     self._draining = None
+                    self._hurry.clear()
                     return
-                burst = [self._queued.popleft()
-                         for _ in range(min(len(self._queued), WRITE_BURST))]
+                burst = self._next_burst()
             try:
                 self.disk.put_many(burst)
             except Exception:  # the disk tier reports its own errors; never lose the job
                 log.exception("a disk-cache write failed")
+
+    def _next_burst(self) -> list[tuple[str, bytes, float | None]]:
+        """Take the blocks of one burst off the queue (the caller holds the queue lock)."""
+        burst: list[tuple[str, bytes, float | None]] = []
+        size = 0
+        while self._queued and len(burst) < WRITE_BURST and size < WRITE_BURST_BYTES:
+            block = self._queued.popleft()
+            burst.append(block)
+            size += len(block[1])
+        self._queued_bytes -= size
+        return burst
+
+    def _linger(self) -> None:
+        """Wait (up to :data:`WRITE_LINGER_S`) for a whole burst to queue up."""
+        deadline = time.monotonic() + WRITE_LINGER_S
+        while (len(self._queued) < WRITE_BURST and self._queued_bytes < WRITE_BURST_BYTES
+               and time.monotonic() < deadline):
+            if self._hurry.wait(0.002):
+                return
 
     async def drain(self) -> None:
         """Wait until every queued disk write is done (other processes can then read it)."""
@@ -141,6 +173,7 @@ class TieredCache:
                 job = self._draining
             if job is None:
                 return
+            self._hurry.set()
             await asyncio.wrap_future(job)
 
     def on_demand(self, item: str) -> None:
@@ -157,11 +190,19 @@ class TieredCache:
         self.memory.extend_future(items)
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        _finish_writes(self._writer, self._hurry)
         self._queued.clear()
+        self._queued_bytes = 0
         self.memory.clear()
         if self.disk is not None:
             self.disk.close()
 
     def _hit(self, tier: str) -> None:
         self._counters.add_each(_HIT_COUNTERS[tier])
+
+
+def _finish_writes(writer: concurrent.futures.ThreadPoolExecutor,
+                   hurry: threading.Event) -> None:
+    """Store what is queued now, without lingering, and stop the writer thread."""
+    hurry.set()
+    writer.shutdown(wait=True)
