@@ -169,6 +169,26 @@ def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster
     assert len(asked) <= len(paths) // DISK_LOOKAHEAD + 1 and sum(asked) == len(paths)
 
 
+@pytest.mark.parametrize("prefetch_next", [True, False])
+def test_disk_hits_are_kept_in_memory_only_by_a_process_that_reads_on(cluster, dataset,
+                                                                     tmp_path, prefetch_next):
+    """A process told the next epoch for eviction only (prefetch_next=False: it may not live
+    to read it, like a fresh DataLoader worker) does not copy disk hits into memory."""
+    paths = sorted(dataset)[:60]
+    disk = str(tmp_path / "cache")
+    with cluster.client(disk_cache_dir=disk) as client:
+        assert client.read_many(paths) == [dataset[p] for p in paths]
+        client.flush()
+    with cluster.client(disk_cache_dir=disk) as client:
+        entries = {p: client.stat(p) for p in paths}
+        client.set_hints(paths, paths[::-1], entries, prefetch_next=prefetch_next)
+        assert client.read_entries([entries[p] for p in paths]) == [dataset[p] for p in paths]
+        stats = client.stats()
+        in_memory = len(client._async().items.cache.memory)
+    assert stats["cache_hits_disk"] == len(paths) and stats["bytes_fetched"] == 0
+    assert in_memory == (len(paths) if prefetch_next else 0)
+
+
 def test_flush_puts_what_was_read_on_the_disk_tier_for_other_processes(cluster, dataset,
                                                                        tmp_path):
     paths = sorted(dataset)[:10]

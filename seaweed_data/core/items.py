@@ -75,6 +75,7 @@ class ItemReads:
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
         self._on_disk: dict[BlockKey, bool] = {}  # hinted files looked up: whether on disk
+        self._promote = True  # disk hits of demand reads are kept in memory too
         self._inflight: dict[BlockKey, _Shared] = {}
         self._order: OrderDetector | None = None
 
@@ -86,8 +87,9 @@ class ItemReads:
         """The exact order of the coming reads (and of the next epoch's, when known).
 
         ``known`` entries (e.g. from a dataset's listing) spare the metadata requests.
-        ``prefetch_next=False`` uses the next epoch's order for eviction only (a process
-        that will not live to read it should not fetch it).
+        ``prefetch_next=False`` uses the next epoch's order for eviction only: a process
+        that may not live to read it should not fetch it, nor copy into memory what it reads
+        from the disk tier (that copy cost a fresh DataLoader worker ~13% of a warm epoch).
         """
         known = known or {}
         unknown = [p for p in [*paths, *next_paths] if p not in known]
@@ -113,6 +115,7 @@ class ItemReads:
         without prefetching)."""
         everything = [*paths, *next_paths]
         fetched = everything if prefetch_next else list(paths)
+        self._promote = prefetch_next
         self._hinted = {p: known[p] for p in everything if p in known}
         # The same order told again with more of it (a worker's next epoch, announced a
         # whole epoch ago): only the new part is appended.
@@ -155,7 +158,8 @@ class ItemReads:
             return data
         key = whole_file_key(entry)
         if self._cacheable(entry):
-            cached = await self.cache.get(key, disk=self._may_be_on_disk(key))
+            cached = await self.cache.get(key, disk=self._may_be_on_disk(key),
+                                          promote=self._promote)
             if cached is not None:
                 return cached
         return await self._single_flight(entry, key)
@@ -166,7 +170,8 @@ class ItemReads:
         if not self._cacheable(entry):
             return None
         key = whole_file_key(entry)
-        return self.cache.get_now(key, count_miss=False, disk=self._may_be_on_disk(key))
+        return self.cache.get_now(key, count_miss=False, disk=self._may_be_on_disk(key),
+                                  promote=self._promote)
 
     def consumed(self, path: str) -> None:
         """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""

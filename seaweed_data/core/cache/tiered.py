@@ -86,15 +86,17 @@ class TieredCache:
         found = self.disk.has_many(digests)
         return {key for key, digest in zip(keys, digests, strict=True) if digest in found}
 
-    async def get(self, key: BlockKey, *, count_miss: bool = True,
-                  disk: bool = True) -> bytes | None:
+    async def get(self, key: BlockKey, *, count_miss: bool = True, disk: bool = True,
+                  promote: bool = True) -> bytes | None:
         if key.size > OFFLOAD_BYTES and disk:
-            return await asyncio.to_thread(self.get_now, key, count_miss=count_miss)
-        return self.get_now(key, count_miss=count_miss, disk=disk)
+            return await asyncio.to_thread(self.get_now, key, count_miss=count_miss,
+                                           promote=promote)
+        return self.get_now(key, count_miss=count_miss, disk=disk, promote=promote)
 
-    def get_now(self, key: BlockKey, *, count_miss: bool = True,
-                disk: bool = True) -> bytes | None:
-        """:meth:`get` in the calling thread (any thread): memory, then disk (promoted).
+    def get_now(self, key: BlockKey, *, count_miss: bool = True, disk: bool = True,
+                promote: bool = True) -> bytes | None:
+        """:meth:`get` in the calling thread (any thread): memory, then disk (copied into
+        memory unless ``promote=False``: the caller will not read it again).
         ``count_miss=False`` when a miss will be looked up (and counted) again;
         ``disk=False`` when the disk tier was just asked about ``key``."""
         value = self.memory.get(key)
@@ -105,7 +107,8 @@ class TieredCache:
             data = self.disk.get(key.digest)
             if data is not None:
                 self._hit("disk")
-                self.memory.put(key, data)
+                if promote:
+                    self.memory.put(key, data)
                 return data
         if count_miss:
             self._counters.add("cache_misses")
