@@ -263,13 +263,24 @@ def test_thousands_of_chunks_in_one_create_entry(client: sd.Client, unique_dir: 
     assert requests.get(f"{client.filer}{path}", timeout=30).content == data
 
 
+def probe_bytes(proxy: FaultProxy) -> int:
+    """The bytes the filer's gRPC port sends for one configuration probe, through ``proxy``
+    (counted once the proxy has forwarded them all: its count may lag the client's return)."""
+    asyncio.run(get_filer_configuration("127.0.0.1", proxy.port))
+    seen = -1
+    while proxy.bytes_down != seen:
+        seen = proxy.bytes_down
+        time.sleep(0.1)
+    return seen
+
+
 def test_lost_create_entry_reply_is_recognised(
         cluster: LocalCluster, fault_proxy: Callable[[str | tuple[str, int]], FaultProxy],
         unique_dir: str) -> None:
     """The filer created the entry but its reply was cut: the upload checks and succeeds."""
     proxy = fault_proxy(("127.0.0.1", cluster.filer_grpc_port))
-    asyncio.run(get_filer_configuration("127.0.0.1", proxy.port))
-    proxy.truncate(proxy.bytes_down + 40, times=None)  # longer replies than that are cut
+    probe = probe_bytes(proxy)
+    proxy.truncate(probe + 40, times=None)  # longer replies than that are cut
     config = sd.Config(master=cluster.master_url, filer_grpc_port=proxy.port)
     data = os.urandom(3 * MiB)
     path = f"{unique_dir}/lost_reply.bin"
@@ -285,8 +296,7 @@ def test_unknown_outcome_keeps_the_chunks(
         fault_proxy: Callable[[str | tuple[str, int]], FaultProxy], unique_dir: str) -> None:
     """Reply lost and the filer's HTTP API unreachable: the file may exist, keep its chunks."""
     grpc = fault_proxy(("127.0.0.1", cluster.filer_grpc_port))
-    asyncio.run(get_filer_configuration("127.0.0.1", grpc.port))
-    grpc.truncate(grpc.bytes_down + 40, times=None)
+    grpc.truncate(probe_bytes(grpc) + 40, times=None)
     http = fault_proxy(cluster.filer_url)
     http.reset_after(0, times=None)
     config = sd.Config(master=cluster.master_url, filer_grpc_port=grpc.port, retries=0)
