@@ -154,7 +154,7 @@ def _load_order(f: BinaryIO) -> Order | None:
     flat = np.load(f)
     if len(lengths) == 0:
         return None
-    values = [int(x) for x in flat]
+    values: list[int] = flat.tolist()
     if len(lengths) == 1 and lengths[0] == -1:
         return values
     out, position = [], 0

@@ -105,6 +105,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self._epochs_seen = 0
         self._by_path: dict[str, Entry] | None = None
         self._pending: Announcement | None = None
+        self._untold: tuple[list[int], list[int], bool] | None = None  # hints to tell
         self._counters = Counters(parent=PROCESS)  # this dataset's reads, in this process
         self._jobs = JobMetrics.create(self._counters)  # workers report theirs here
         check = is_valid_file or _has_image_extension
@@ -135,7 +136,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_client"], state["_client_pid"] = None, 0  # each process opens its own
-        state["_by_path"] = None
+        state["_by_path"] = state["_untold"] = None
         return state
 
     # -- samples -------------------------------------------------------------------------------
@@ -154,7 +155,12 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         """A whole batch, fetched concurrently (without its bad samples under ``"skip"``)."""
         indices = [int(i) for i in indices]
         last = self._follow(indices)
-        samples = self._batch(indices)
+        try:
+            samples = self._batch(indices)
+        finally:
+            if self._untold is not None:  # a new epoch's hints, told once its first batch
+                self._tell(*self._untold)  # is read: they would only hold that batch up
+                self._untold = None
         if last:  # this worker's share of the epoch is read: let the node's workers see it
             self.client.flush()
         return samples
@@ -225,6 +231,8 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         # Workers pick it up from the channel; this process only if it reads itself
         # (num_workers=0), at its first read.
         self._pending = self._channel.publish(order, next_order, batched)
+        if self._by_path is None:  # forked workers of later epochs inherit it
+            self._by_path = {e.path: e for e in self.entries}
 
     def _follow(self, indices: list[int]) -> bool:
         """Take up a new announcement; whether ``indices`` is this worker's last batch of
@@ -253,26 +261,29 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
 
     def _apply(self, announcement: Announcement, batch_size: int, worker: int = 0,
                workers: int = 1, first: list[int] | None = None) -> None:
-        if batch_size == 0:  # this process reads everything, in order
-            mine = _flatten(announcement.order)
-            upcoming = _flatten(announcement.next_order or [])
-            self._predicted = []
-        else:
-            batches = worker_share(announcement.order, announcement.batched, batch_size,
-                                   worker, workers, first)
-            mine, self._predicted = _flatten(batches), batches
-            upcoming = _flatten(worker_share(announcement.next_order or [],
-                                             announcement.batched, batch_size, worker, workers))
-        paths = [self.entries[i].path for i in mine]
-        if self._by_path is None:  # made once per process, for every epoch's hints
-            self._by_path = {e.path: e for e in self.entries}
-        known = self._by_path
         # A worker fetches across the epoch boundary only once it has shown it outlives an
         # epoch (persistent_workers): otherwise it would prefetch for a successor process.
         self._epochs_seen += 1
         cross = batch_size == 0 or self._epochs_seen > 1
-        # Applied on the loop thread while this one goes on to read its batch.
-        self.client.set_hints(paths, [self.entries[i].path for i in upcoming], known,
+        if batch_size == 0:  # this process reads everything, in order
+            self._predicted = []
+            self._tell(_flatten(announcement.order),
+                       _flatten(announcement.next_order or []), cross)
+            return
+        batches = worker_share(announcement.order, announcement.batched, batch_size,
+                               worker, workers, first)
+        self._predicted = batches
+        upcoming = _flatten(worker_share(announcement.next_order or [],
+                                         announcement.batched, batch_size, worker, workers))
+        self._untold = (_flatten(batches[1:]), upcoming, cross)  # after the first batch
+
+    def _tell(self, mine: list[int], upcoming: list[int], cross: bool) -> None:
+        """Give the client the order of this process's reads (applied on the loop thread)."""
+        if self._by_path is None:  # made once per process, for every epoch's hints
+            self._by_path = {e.path: e for e in self.entries}
+        entries = self.entries
+        self.client.set_hints([entries[i].path for i in mine],
+                              [entries[i].path for i in upcoming], self._by_path,
                               prefetch_next=cross, background=True)
 
     def _stop_following(self, indices: list[int]) -> None:
@@ -280,6 +291,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
                     "sampler's order; prefetch hints are off for this worker", indices[:4])
         self._following = False
         self._predicted = []
+        self._untold = None
         self.client.set_hints([])
 
     # -- stats ---------------------------------------------------------------------------------
