@@ -189,6 +189,36 @@ def test_disk_hits_are_kept_in_memory_only_by_a_process_that_reads_on(cluster, d
     assert in_memory == (len(paths) if prefetch_next else 0)
 
 
+def test_a_batch_of_disk_hits_asks_the_index_once(cluster, dataset, tmp_path):
+    """read_entries without hints: whether the disk holds the batch is one query, the hits
+    are counted at once; a file fetched after that answer is looked up again once memory
+    no longer holds it (it went to the disk meanwhile)."""
+    paths = sorted(dataset)[:8]
+    disk = str(tmp_path / "cache")
+    with cluster.client(disk_cache_dir=disk) as client:
+        assert client.read_many(paths) == [dataset[p] for p in paths]
+        client.flush()
+    with cluster.client(disk_cache_dir=disk) as client:
+        entries = [client.stat(p) for p in paths]
+        items = client._async().items
+        asked, single = [], []
+        looked_up, lookup = items.cache.on_disk, items.cache.disk._index.lookup
+        items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+        items.cache.disk._index.lookup = lambda key: single.append(key) or lookup(key)
+        assert client.read_entries(entries) == [dataset[p] for p in paths]
+        stats = client.stats()
+        assert asked == [8] and single == []
+        assert stats["cache_hits"] == stats["cache_hits_disk"] == 8
+    new = sorted(dataset)[8]
+    with cluster.client(disk_cache_dir=disk, memory_cache_bytes=0) as client:
+        entry = client.stat(new)
+        assert client.read_entries([entry]) == [dataset[new]]  # not on disk: fetched
+        client.flush()
+        assert client.read_entries([entry]) == [dataset[new]]  # memory holds nothing
+        stats = client.stats()
+    assert stats["bytes_fetched"] == len(dataset[new]) and stats["cache_hits_disk"] == 1
+
+
 def test_flush_puts_what_was_read_on_the_disk_tier_for_other_processes(cluster, dataset,
                                                                        tmp_path):
     paths = sorted(dataset)[:10]

@@ -369,3 +369,13 @@ def test_missing_prometheus_client_says_how_to_install_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert "pip install 'seaweed-data[prometheus]'" in out
+
+
+def test_add_all_adds_amounts_here_and_in_the_parent() -> None:
+    from seaweed_data.core.metrics import Counters
+    parent = Counters()
+    child = Counters(parent=parent)
+    child.add_all({"cache_hits": 3, "cache_hits_disk": 2})
+    child.add_all({"cache_hits": 1})
+    assert child.get("cache_hits") == parent.get("cache_hits") == 4
+    assert child.get("cache_hits_disk") == parent.get("cache_hits_disk") == 2

@@ -142,12 +142,8 @@ class Client:
         are hits the loop thread is only told about them, without waiting."""
         core = self._async()
         entries = list(entries)
-        found: list[bytes | None] = []
-        for entry in entries:  # up to the first miss: the loop thread takes it from there
-            data = core.items.peek(entry)
-            if data is None:
-                break
-            found.append(data)
+        # Hits up to the first miss: the loop thread takes it from there.
+        found: list[bytes | None] = list(core.items.peek_leading(entries))
         if len(found) == len(entries):
             LOOP.post(core.items.consumed_all, [entry.path for entry in entries])
             return cast(list[bytes], found)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import Config
@@ -173,6 +173,20 @@ class ItemReads:
         return self.cache.get_now(key, count_miss=False, disk=self._may_be_on_disk(key),
                                   promote=self._promote)
 
+    def peek_leading(self, entries: Sequence[Entry]) -> list[bytes]:
+        """:meth:`peek` of ``entries`` in order, up to the first one no tier holds. Whether
+        the disk holds those memory does not is asked in one query for all of them (the
+        caller may be ahead of the window's lookups), and the hits are counted at once."""
+        keys = []
+        for entry in entries:
+            if not self._cacheable(entry):
+                break
+            keys.append(whole_file_key(entry))
+        if self.cache.disk is not None:
+            self._note_on_disk(keys)
+        return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys],
+                                      promote=self._promote)
+
     def consumed(self, path: str) -> None:
         """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""
         self.consumed_all([path])
@@ -221,6 +235,7 @@ class ItemReads:
             if self._cacheable(entry):
                 expires = entry.mtime + entry.ttl_sec if entry.ttl_sec else None
                 await self.cache.put(key, data, expires_at=expires)
+                self._on_disk.pop(key, None)  # on its way there: ask again if memory drops it
             return data
         finally:
             self._inflight.pop(key, None)
@@ -262,16 +277,20 @@ class ItemReads:
         Reads of these files trust the answer (:meth:`_may_be_on_disk`; an index query per
         file was ~7% of a worker's CPU samples in a cold epoch): a file another process
         stores in the short while between its lookup and its read is fetched once more."""
-        ahead = self.prefetcher.depth + DISK_LOOKAHEAD
-        if len(self._on_disk) > 4 * ahead:
+        upcoming = (self._hinted.get(p) for p in self.prefetcher.upcoming(
+            self.prefetcher.depth + DISK_LOOKAHEAD))
+        self._note_on_disk(dict.fromkeys(whole_file_key(e) for e in upcoming
+                                         if e is not None and _has_own_bytes(e)))
+
+    def _note_on_disk(self, keys: Iterable[BlockKey]) -> None:
+        """Ask the disk tier, in one query, about those of ``keys`` that memory does not
+        hold and whose answer is not known yet (any thread)."""
+        if len(self._on_disk) > 4 * (self.prefetcher.depth + DISK_LOOKAHEAD):
             self._on_disk.clear()  # behind the window by now; an item asked again is looked up
-        upcoming = (self._hinted.get(p) for p in self.prefetcher.upcoming(ahead))
-        wanted = dict.fromkeys(key for key in (whole_file_key(e) for e in upcoming
-                                               if e is not None and _has_own_bytes(e))
-                               if key not in self._on_disk)
-        keys = self.cache.memory.missing(wanted)
-        found = self.cache.on_disk(keys)
-        self._on_disk.update((key, key in found) for key in keys)
+        unknown = [key for key in self.cache.memory.missing(keys) if key not in self._on_disk]
+        if unknown:
+            found = self.cache.on_disk(unknown)
+            self._on_disk.update((key, key in found) for key in unknown)
 
     def _size_of(self, path: str) -> int:
         entry = self._hinted.get(path)

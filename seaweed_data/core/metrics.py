@@ -175,6 +175,15 @@ class Counters:
         if self._parent is not None:
             self._parent.add_each(names)
 
+    def add_all(self, amounts: dict[str, int]) -> None:
+        """Add each of ``amounts`` to its counter (one lock for all, here and in the parent)."""
+        with self._lock:
+            values = self._values
+            for name, amount in amounts.items():
+                values[name] = values.get(name, 0) + amount
+        if self._parent is not None:
+            self._parent.add_all(amounts)
+
     def observe(self, name: str, seconds: float) -> None:
         """Count one duration into histogram ``name`` (here and in the parent)."""
         with self._lock:

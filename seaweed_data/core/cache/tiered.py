@@ -114,6 +114,29 @@ class TieredCache:
             self._counters.add("cache_misses")
         return None
 
+    def get_leading(self, keys: Sequence[BlockKey], disk: Sequence[bool], *,
+                    promote: bool = True) -> list[bytes]:
+        """:meth:`get_now` of ``keys`` in order up to the first miss (not counted), the hits
+        counted at once; ``disk[i]`` False skips the disk tier for ``keys[i]``."""
+        found: list[bytes] = []
+        in_memory = 0
+        for key, ask_disk in zip(keys, disk, strict=True):
+            value = self.memory.get(key)
+            if value is not None:
+                in_memory += 1
+                found.append(bytes(value))
+                continue
+            data = self.disk.get(key.digest) if self.disk is not None and ask_disk else None
+            if data is None:
+                break
+            if promote:
+                self.memory.put(key, data)
+            found.append(data)
+        if found:
+            self._counters.add_all({"cache_hits": len(found), "cache_hits_memory": in_memory,
+                                    "cache_hits_disk": len(found) - in_memory})
+        return found
+
     async def put(self, key: BlockKey, data: bytes, *, expires_at: float | None = None) -> None:
         self.memory.put(key, data)
         if self.disk is None:
