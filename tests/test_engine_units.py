@@ -322,3 +322,22 @@ def test_prefetcher_never_exceeds_its_budgets(hints, reads, depth, budget):
         assert counters.get("prefetch_used") + counters.get("prefetch_wasted") == issued
 
     asyncio.run(go())
+
+
+def test_hash_memos_give_the_same_names_and_stay_bounded():
+    import hashlib
+
+    from seaweed_data.core.cache import disk_layout, keys
+
+    key = keys.BlockKey("/data/a.jpg", "v1", 0, 10)
+    expected = hashlib.blake2b(b"/data/a.jpg\0v1\0" + b"0\0" + b"10", digest_size=20).hexdigest()
+    assert key.digest == expected and key.digest == expected  # computed, then remembered
+    entry = disk_layout.entry_key(expected)
+    assert entry == hashlib.blake2b(expected.encode(), digest_size=20,
+                                    person=b"seaweed-disk-v2").digest()
+    assert disk_layout.entry_key(expected) == entry
+    for i in range(keys.MEMO_SIZE + 10):
+        disk_layout.entry_key(keys.BlockKey(f"/data/{i}", "v", 0, 1).digest)
+    assert len(keys._DIGESTS) <= keys.MEMO_SIZE
+    assert len(disk_layout._ENTRY_KEYS) <= keys.MEMO_SIZE
+    assert key.digest == expected and disk_layout.entry_key(expected) == entry

@@ -24,6 +24,8 @@ import re
 import shutil
 import stat
 
+from .keys import remember
+
 _PRIVATE_DIR = 0o700
 _PRIVATE_FILE = 0o600
 _PACK_NAME = re.compile(r"^[0-9a-f]{16}\.pack$")
@@ -31,9 +33,17 @@ _LEGACY_DIR = re.compile(r"^[0-9a-f]{2}$")
 
 
 def entry_key(name: str) -> bytes:
-    """The index key of ``name`` (any string, even NUL, ``../`` or a lone surrogate)."""
-    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=20,
-                           person=b"seaweed-disk-v2").digest()
+    """The index key of ``name`` (any string, even NUL, ``../`` or a lone surrogate);
+    remembered like :attr:`BlockKey.digest <.keys.BlockKey.digest>`."""
+    key = _ENTRY_KEYS.get(name)
+    if key is None:
+        key = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=20,
+                              person=b"seaweed-disk-v2").digest()
+        remember(_ENTRY_KEYS, name, key)
+    return key
+
+
+_ENTRY_KEYS: dict[str, bytes] = {}
 
 
 def make_private_dir(path: str) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class BlockKey(NamedTuple):
@@ -30,7 +33,28 @@ class BlockKey(NamedTuple):
 
     @property
     def digest(self) -> str:
-        """A fixed-length hex name for this block (disk file names, logs without paths)."""
-        h = hashlib.blake2b(digest_size=20)
-        h.update(f"{self.item}\0{self.version}\0{self.start}\0{self.stop}".encode())
-        return h.hexdigest()
+        """A fixed-length hex name for this block (disk file names, logs without paths).
+
+        Remembered for the last :data:`MEMO_SIZE` or so keys: a block's digest is needed
+        when the disk is asked about it and again when it is read or stored."""
+        name = _DIGESTS.get(self)
+        if name is None:
+            h = hashlib.blake2b(digest_size=20)
+            h.update(f"{self.item}\0{self.version}\0{self.start}\0{self.stop}".encode())
+            name = h.hexdigest()
+            remember(_DIGESTS, self, name)
+        return name
+
+
+MEMO_SIZE = 8192
+"""Entries a hash memo keeps at most, then it starts over (~1-2 MB): enough for the few
+hundred blocks between the disk being asked about a block and the block's read or store."""
+_DIGESTS: dict[BlockKey, str] = {}
+
+
+def remember(memo: dict[K, V], key: K, value: V) -> None:
+    """Put ``key`` in a hash memo, emptying it first when full (any thread: a race only
+    costs a hash computed twice)."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
