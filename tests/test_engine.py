@@ -59,7 +59,7 @@ def test_stats_count_the_cache_hits_reported_to_a_busy_loop_thread(cluster, data
         client.set_hints(paths)
         client.flush()  # (waits on the loop thread: the hinted prefetches have started)
         for _ in range(200):  # until every prefetch has stored its file in memory
-            if all(client._async().items.peek(e) is not None for e in entries):
+            if len(client._async().items.peek_leading(entries)) == len(entries):
                 break
             time.sleep(0.01)
         LOOP.post(time.sleep, 0.3)  # the loop thread is busy for a while

@@ -73,7 +73,7 @@ class AsyncClient:
                            found: Sequence[bytes | None] = ()) -> list[bytes]:
         """Whole files of known entries (a dataset's listing), concurrently, in order.
         ``found[i]``, when not None, is entry i's content the caller already took from the
-        cache (:meth:`ItemReads.peek`); it is reported as read, in order, and returned."""
+        cache (:meth:`ItemReads.peek_leading`); it is reported as read, in order, and returned."""
         found = found or [None] * len(entries)
         return await gather_bounded(
             [partial(self._read_found, e, f) for e, f in zip(entries, found, strict=True)],

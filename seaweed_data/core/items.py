@@ -164,19 +164,12 @@ class ItemReads:
                 return cached
         return await self._single_flight(entry, key)
 
-    def peek(self, entry: Entry) -> bytes | None:
-        """The whole file if a cache tier holds it, read in the calling thread (any thread).
-        A hit must be reported with :meth:`consumed`, on the loop thread, in read order."""
-        if not self._cacheable(entry):
-            return None
-        key = whole_file_key(entry)
-        return self.cache.get_now(key, count_miss=False, disk=self._may_be_on_disk(key),
-                                  promote=self._promote)
-
     def peek_leading(self, entries: Sequence[Entry]) -> list[bytes]:
-        """:meth:`peek` of ``entries`` in order, up to the first one no tier holds. Whether
-        the disk holds those memory does not is asked in one query for all of them (the
-        caller may be ahead of the window's lookups), and the hits are counted at once."""
+        """The whole files of ``entries`` a cache tier holds, in order up to the first one
+        none holds, read in the calling thread (any thread). The hits must be reported with
+        :meth:`consumed_all`, on the loop thread, in read order. Whether the disk holds
+        those memory does not is asked in one query for all of them (the caller may be ahead
+        of the window's lookups), and the hits are counted at once."""
         keys = []
         for entry in entries:
             if not self._cacheable(entry):
@@ -188,7 +181,8 @@ class ItemReads:
                                       promote=self._promote)
 
     def consumed(self, path: str) -> None:
-        """The consumer read ``path`` from the cache itself (:meth:`peek`): move the hints."""
+        """The consumer read ``path`` from the cache itself (:meth:`peek_leading`): move
+        the hints."""
         self.consumed_all([path])
 
     def consumed_all(self, paths: Sequence[str]) -> None:

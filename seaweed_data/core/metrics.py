@@ -166,15 +166,6 @@ class Counters:
         if self._parent is not None:
             self._parent.add(name, amount)
 
-    def add_each(self, names: tuple[str, ...]) -> None:
-        """Add 1 to each counter of ``names`` (one lock for all: the cache's hit path)."""
-        with self._lock:
-            values = self._values
-            for name in names:
-                values[name] = values.get(name, 0) + 1
-        if self._parent is not None:
-            self._parent.add_each(names)
-
     def add_all(self, amounts: dict[str, int]) -> None:
         """Add each of ``amounts`` to its counter (one lock for all, here and in the parent)."""
         with self._lock:

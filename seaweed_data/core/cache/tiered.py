@@ -43,7 +43,7 @@ WRITE_BURST_BYTES = 4 << 20
 WRITE_LINGER_S = 0.02
 """How long the writer thread waits for a whole burst before filing fewer blocks: an index
 transaction costs about as much as filing ~20 entries, so small bursts cost the most."""
-_HIT_COUNTERS = {tier: ("cache_hits", f"cache_hits_{tier}") for tier in ("memory", "disk")}
+_HIT_COUNTS = {tier: {"cache_hits": 1, f"cache_hits_{tier}": 1} for tier in ("memory", "disk")}
 
 
 class TieredCache:
@@ -99,20 +99,12 @@ class TieredCache:
         memory unless ``promote=False``: the caller will not read it again).
         ``count_miss=False`` when a miss will be looked up (and counted) again;
         ``disk=False`` when the disk tier was just asked about ``key``."""
-        value = self.memory.get(key)
-        if value is not None:
-            self._hit("memory")
-            return bytes(value)
-        if self.disk is not None and disk:
-            data = self.disk.get(key.digest)
-            if data is not None:
-                self._hit("disk")
-                if promote:
-                    self.memory.put(key, data)
-                return data
-        if count_miss:
+        data, tier = self._lookup(key, disk, promote)
+        if data is not None:
+            self._counters.add_all(_HIT_COUNTS[tier])
+        elif count_miss:
             self._counters.add("cache_misses")
-        return None
+        return data
 
     def get_leading(self, keys: Sequence[BlockKey], disk: Sequence[bool], *,
                     promote: bool = True) -> list[bytes]:
@@ -121,21 +113,26 @@ class TieredCache:
         found: list[bytes] = []
         in_memory = 0
         for key, ask_disk in zip(keys, disk, strict=True):
-            value = self.memory.get(key)
-            if value is not None:
-                in_memory += 1
-                found.append(bytes(value))
-                continue
-            data = self.disk.get(key.digest) if self.disk is not None and ask_disk else None
+            data, tier = self._lookup(key, ask_disk, promote)
             if data is None:
                 break
-            if promote:
-                self.memory.put(key, data)
             found.append(data)
+            in_memory += tier == "memory"
         if found:
             self._counters.add_all({"cache_hits": len(found), "cache_hits_memory": in_memory,
                                     "cache_hits_disk": len(found) - in_memory})
         return found
+
+    def _lookup(self, key: BlockKey, disk: bool, promote: bool) -> tuple[bytes | None, str]:
+        """``key``'s bytes and the tier that held them (not counted); disk hits are copied
+        into memory when ``promote``."""
+        value = self.memory.get(key)
+        if value is not None:
+            return bytes(value), "memory"
+        data = self.disk.get(key.digest) if self.disk is not None and disk else None
+        if data is not None and promote:
+            self.memory.put(key, data)
+        return data, "disk"
 
     async def put(self, key: BlockKey, data: bytes, *, expires_at: float | None = None) -> None:
         self.memory.put(key, data)
@@ -222,9 +219,6 @@ class TieredCache:
         self.memory.clear()
         if self.disk is not None:
             self.disk.close()
-
-    def _hit(self, tier: str) -> None:
-        self._counters.add_each(_HIT_COUNTERS[tier])
 
 
 def _finish_writes(writer: concurrent.futures.ThreadPoolExecutor,
