@@ -39,6 +39,22 @@ def run_epochs(client, files, epochs, hints=True):
             assert client.read(path) == files[path]
 
 
+def fill_disk_tier(cluster, dataset, paths, disk):
+    """Read ``paths`` through a client with the disk tier ``disk``; every file is on it after."""
+    with cluster.client(disk_cache_dir=disk) as client:
+        assert client.read_many(paths) == [dataset[p] for p in paths]
+        client.flush()
+
+
+def count_disk_queries(client):
+    """The sizes of the disk-tier lookups ``client`` makes from now on (a list that grows)."""
+    items = client._async().items
+    asked = []
+    looked_up = items.cache.on_disk
+    items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+    return asked
+
+
 def test_hinted_reads_prefetch_precisely(cluster, dataset):
     with cluster.client(prefetch_items=16) as client:
         run_epochs(client, dataset, 1)
@@ -143,7 +159,7 @@ def test_background_hints_without_entries_warm_them_and_log_a_failure(cluster, d
 
 def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster, dataset,
                                                                          tmp_path):
-    """One index query for the next few hundred hinted files as the prefetch window reaches
+    """One index query for the next few dozen hinted files as the prefetch window reaches
     them, none for files memory holds by then (a worker's next epoch)."""
     from seaweed_data.core.items import DISK_LOOKAHEAD
 
@@ -152,17 +168,11 @@ def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster
     with cluster.client(disk_cache_dir=disk) as client:
         run_epochs(client, dataset, 1)
         client.flush()
-        items = client._async().items
-        asked = []
-        looked_up = items.cache.on_disk
-        items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+        asked = count_disk_queries(client)
         run_epochs(client, dataset, 1)  # all in memory: no lookup
         assert asked == [] and client.stats()["cache_hits_memory"] >= len(paths)
     with cluster.client(disk_cache_dir=disk, prefetch_items=16) as fresh:
-        items = fresh._async().items
-        asked = []
-        looked_up = items.cache.on_disk
-        items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+        asked = count_disk_queries(fresh)
         run_epochs(fresh, dataset, 1)
         stats = fresh.stats()
     assert stats["bytes_fetched"] == 0 and stats["prefetch_issued"] == 0
@@ -176,9 +186,7 @@ def test_disk_hits_are_kept_in_memory_only_by_a_process_that_reads_on(cluster, d
     to read it, like a fresh DataLoader worker) does not copy disk hits into memory."""
     paths = sorted(dataset)[:60]
     disk = str(tmp_path / "cache")
-    with cluster.client(disk_cache_dir=disk) as client:
-        assert client.read_many(paths) == [dataset[p] for p in paths]
-        client.flush()
+    fill_disk_tier(cluster, dataset, paths, disk)
     with cluster.client(disk_cache_dir=disk) as client:
         entries = {p: client.stat(p) for p in paths}
         client.set_hints(paths, paths[::-1], entries, prefetch_next=prefetch_next)
@@ -195,16 +203,13 @@ def test_a_batch_of_disk_hits_asks_the_index_once(cluster, dataset, tmp_path):
     no longer holds it (it went to the disk meanwhile)."""
     paths = sorted(dataset)[:8]
     disk = str(tmp_path / "cache")
-    with cluster.client(disk_cache_dir=disk) as client:
-        assert client.read_many(paths) == [dataset[p] for p in paths]
-        client.flush()
+    fill_disk_tier(cluster, dataset, paths, disk)
     with cluster.client(disk_cache_dir=disk) as client:
         entries = [client.stat(p) for p in paths]
-        items = client._async().items
-        asked, single = [], []
-        looked_up, lookup = items.cache.on_disk, items.cache.disk._index.lookup
-        items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
-        items.cache.disk._index.lookup = lambda key: single.append(key) or lookup(key)
+        asked, single = count_disk_queries(client), []
+        index = client._async().items.cache.disk._index
+        lookup = index.lookup
+        index.lookup = lambda key: single.append(key) or lookup(key)
         assert client.read_entries(entries) == [dataset[p] for p in paths]
         stats = client.stats()
         assert asked == [8] and single == []
