@@ -260,6 +260,16 @@ def test_the_listing_hashes_every_version_once_for_all_workers(cluster, folder):
     ds.close()
 
 
+def test_the_main_process_maps_paths_at_its_first_announcement(cluster, folder):
+    """Workers forked for later epochs inherit the map; a pickled copy makes its own."""
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw)
+    assert ds._by_path is None
+    assert len(list(PrefetchSampler(RandomSampler(ds), ds))) == len(ds)  # announces
+    assert ds._by_path == {e.path: e for e in ds.entries}
+    assert pickle.loads(pickle.dumps(ds))._by_path is None
+    ds.close()
+
+
 class CountingChannel(Channel):
     polls = 0
 

@@ -231,8 +231,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         # Workers pick it up from the channel; this process only if it reads itself
         # (num_workers=0), at its first read.
         self._pending = self._channel.publish(order, next_order, batched)
-        if self._by_path is None:  # forked workers of later epochs inherit it
-            self._by_path = {e.path: e for e in self.entries}
+        self._entries_by_path()  # made here, forked workers of later epochs inherit it
 
     def _follow(self, indices: list[int]) -> bool:
         """Take up a new announcement; whether ``indices`` is this worker's last batch of
@@ -279,12 +278,16 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
 
     def _tell(self, mine: list[int], upcoming: list[int], cross: bool) -> None:
         """Give the client the order of this process's reads (applied on the loop thread)."""
-        if self._by_path is None:  # made once per process, for every epoch's hints
-            self._by_path = {e.path: e for e in self.entries}
         entries = self.entries
         self.client.set_hints([entries[i].path for i in mine],
-                              [entries[i].path for i in upcoming], self._by_path,
+                              [entries[i].path for i in upcoming], self._entries_by_path(),
                               prefetch_next=cross, background=True)
+
+    def _entries_by_path(self) -> dict[str, Entry]:
+        """The listing's entries by path, made once per process (not pickled)."""
+        if self._by_path is None:
+            self._by_path = {e.path: e for e in self.entries}
+        return self._by_path
 
     def _stop_following(self, indices: list[int]) -> None:
         log.warning("DataLoader handed this worker batch %s, not the one predicted from the "
