@@ -1,6 +1,7 @@
 """The engine against a real SeaweedFS: hints, prefetch precision, cache reuse, future-aware
 eviction, readahead, aggregation, single-flight. Counters, not timings."""
 
+import asyncio
 import os
 import random
 import subprocess
@@ -10,6 +11,8 @@ import threading
 import time
 
 import pytest
+
+from seaweed_data.core.loop import LOOP
 
 SIZES = [random.Random(i).randrange(8_000, 40_000) for i in range(240)]
 
@@ -222,6 +225,75 @@ def test_a_batch_of_disk_hits_asks_the_index_once(cluster, dataset, tmp_path):
         assert client.read_entries([entry]) == [dataset[new]]  # memory holds nothing
         stats = client.stats()
     assert stats["bytes_fetched"] == len(dataset[new]) and stats["cache_hits_disk"] == 1
+
+
+def record_reports(client):
+    """What ``client`` reports to the loop thread from now on: ("hits", n) per report of
+    cache hits, ("hints", n) per hints applied, in the order the loop thread gets them."""
+    items = client._async().items
+    reports = []
+    consumed_all, use_hints = items.consumed_all, items.use_hints
+    items.consumed_all = lambda paths: reports.append(("hits", len(paths))) or consumed_all(
+        paths)
+    items.use_hints = lambda paths, *a, **k: reports.append(("hints", len(paths))) or \
+        use_hints(paths, *a, **k)
+    return reports
+
+
+def test_hits_are_reported_late_while_nothing_is_prefetched(cluster, dataset, tmp_path,
+                                                            monkeypatch):
+    """A warm epoch read in batches: with no prefetch under way, the loop thread hears of
+    cache hits every LATE_HITS, not every batch, and of the rest before anything else
+    reaches it (new hints here): every hit is reported, in order."""
+    from seaweed_data.core import items
+
+    LATE_HITS = 64
+    monkeypatch.setattr(items, "LATE_HITS", LATE_HITS)
+    paths = epoch_order(sorted(dataset), 0)
+    disk = str(tmp_path / "cache")
+    fill_disk_tier(cluster, dataset, paths, disk)
+    batch = 8
+    assert len(paths) % LATE_HITS > 0
+    with cluster.client(disk_cache_dir=disk, prefetch_items=4) as client:
+        entries = {p: client.stat(p) for p in paths}
+        client.set_hints(paths, (), entries, prefetch_next=False)
+        reports = record_reports(client)
+        for start in range(0, len(paths), batch):
+            chunk = [entries[p] for p in paths[start:start + batch]]
+            assert client.read_entries(chunk) == [dataset[p] for p in paths[start:start + batch]]
+        late = len(paths) % LATE_HITS
+        assert reports == [("hits", LATE_HITS)] * (len(paths) // LATE_HITS)
+        client.set_hints(paths[:5], (), entries, background=True)
+        client.settle()
+        assert reports[-2:] == [("hits", late), ("hints", 5)]
+        stats = client.stats()
+    assert stats["prefetch_issued"] == 0 and stats["cache_hits_disk"] == len(paths)
+
+
+def test_hits_held_back_never_stall_prefetching(cluster, dataset):
+    """A consumer slower than the network: each batch is prefetched by the time it is read,
+    so every read is a cache hit. Prefetched files wait to be claimed, so these hits are
+    reported at once (the window must move on): the whole epoch but its first files is
+    prefetched, each file fetched once."""
+    paths = epoch_order(sorted(dataset), 1)
+    batch = 8
+    with cluster.client(prefetch_items=16) as client:
+        entries = {p: client.stat(p) for p in paths}
+        client.set_hints(paths, (), entries)
+        slots = client._async().items.prefetcher._slots
+        for start in range(0, len(paths), batch):
+            LOOP.run(asyncio.sleep(0))  # what was reported is handled (late hits stay late)
+            deadline = time.monotonic() + 10
+            while any(not s.task.done() for s in list(slots.values())):  # the "slow" consumer
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            chunk = [entries[p] for p in paths[start:start + batch]]
+            assert client.read_entries(chunk) == [dataset[p] for p in paths[start:start + batch]]
+        client.settle()
+        stats = client.stats()
+    assert stats["bytes_fetched"] == sum(len(dataset[p]) for p in paths)
+    assert stats["prefetch_issued"] >= len(paths) - batch and stats["prefetch_late"] == 0
+    assert stats["prefetch_used"] == stats["prefetch_issued"]
 
 
 def test_flush_puts_what_was_read_on_the_disk_tier_for_other_processes(cluster, dataset,

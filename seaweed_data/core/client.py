@@ -82,7 +82,18 @@ class Client:
         self._pid = pid
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        self._report_late_hits()
         return LOOP.run(coro)
+
+    def _report_late_hits(self) -> None:
+        """Report the cache hits :meth:`read_entries` held back before anything else
+        reaches the loop thread (the order of the reads is what moves the hints)."""
+        core = self._core
+        if core is None:
+            return
+        hits = core.items.late_hits()
+        if hits:
+            LOOP.post(core.items.consumed_all, hits)
 
     def path(self, location: str) -> str:
         """The filer path of ``location``; refuses locations on another filer."""
@@ -130,6 +141,7 @@ class Client:
         paths = [p if p in known else self.path(p) for p in paths]
         next_paths = [p if p in known else self.path(p) for p in next_paths]
         if background:
+            self._report_late_hits()
             LOOP.post(partial(core.items.hint_soon, paths, next_paths, known,
                               prefetch_next=prefetch_next))
         else:
@@ -139,13 +151,16 @@ class Client:
         """Whole files of entries you already have (a listing), concurrently, in order.
 
         Cache hits are read right here, in the calling thread, up to the first miss; when all
-        are hits the loop thread is only told about them, without waiting."""
+        are hits the loop thread is only told about them, without waiting, and only while
+        it has prefetches under way (see :meth:`ItemReads.hits_to_report`)."""
         core = self._async()
         entries = list(entries)
         # Hits up to the first miss: the loop thread takes it from there.
         found: list[bytes | None] = list(core.items.peek_leading(entries))
         if len(found) == len(entries):
-            LOOP.post(core.items.consumed_all, [entry.path for entry in entries])
+            hits = core.items.hits_to_report([entry.path for entry in entries])
+            if hits:
+                LOOP.post(core.items.consumed_all, hits)
             return cast(list[bytes], found)
         found += [None] * (len(entries) - len(found))
         return self._run(core.read_entries(entries, found))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ Download = Callable[[Entry], Awaitable[bytes]]
 log = logging.getLogger(__name__)
 
 DISK_LOOKAHEAD = 64  # hinted files looked up on the disk tier in one query
+LATE_HITS = 256
+"""Cache hits a reading thread may leave unreported while no prefetch is under way (see
+:meth:`ItemReads.hits_to_report`)."""
 
 WarmMetadata = Callable[[Sequence[str]], Awaitable[dict[str, Entry]]]
 
@@ -78,6 +82,8 @@ class ItemReads:
         self._promote = True  # disk hits of demand reads are kept in memory too
         self._inflight: dict[BlockKey, _Shared] = {}
         self._order: OrderDetector | None = None
+        self._late_hits: list[str] = []  # read from the cache, not reported yet
+        self._late_lock = threading.Lock()
 
     # -- announcing the future -----------------------------------------------------------------
 
@@ -179,6 +185,29 @@ class ItemReads:
             self._note_on_disk(keys)
         return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys],
                                       promote=self._promote)
+
+    def hits_to_report(self, paths: Sequence[str]) -> list[str]:
+        """``paths`` were just read from the cache with :meth:`peek_leading` (any thread):
+        the hits to report now with :meth:`consumed_all`, in read order. None while no
+        prefetch is under way and fewer than :data:`LATE_HITS` hits wait.
+
+        Reporting hits moves the prefetch window and the eviction cursor. While every file
+        the window reaches is cached (a warm epoch) that finds nothing to fetch, and doing
+        it for every batch on the loop thread cost a fresh DataLoader worker ~10% of its
+        warm epoch. The client reports the hits held back before anything else it sends the
+        loop thread (:meth:`late_hits`), so the reads stay in order."""
+        with self._late_lock:
+            self._late_hits.extend(paths)
+            if not self.prefetcher.busy and len(self._late_hits) < LATE_HITS:
+                return []
+            hits, self._late_hits = self._late_hits, []
+        return hits
+
+    def late_hits(self) -> list[str]:
+        """The hits :meth:`hits_to_report` held back (any thread), to report now."""
+        with self._late_lock:
+            hits, self._late_hits = self._late_hits, []
+        return hits
 
     def consumed(self, path: str) -> None:
         """The consumer read ``path`` from the cache itself (:meth:`peek_leading`): move

@@ -66,6 +66,12 @@ class Prefetcher:
     def hints(self) -> list[str]:
         return list(self._hints)
 
+    @property
+    def busy(self) -> bool:
+        """Whether prefetches are in flight or wait to be claimed (readable from any
+        thread: a dict's length)."""
+        return bool(self._slots)
+
     def upcoming(self, count: int) -> list[str]:
         """The next ``count`` hints (the window first)."""
         return list(islice(self._hints, count))
