@@ -319,6 +319,47 @@ def test_a_get_after_has_many_skips_the_index_and_a_stale_location_falls_back(
     reader.close()
 
 
+def test_get_many_reads_a_batch_with_one_index_query(root: Path) -> None:
+    """Names has_many located are read without a query, the others looked up in one; misses
+    read as None; an entry damaged after it was located takes get()'s path (dropped,
+    counted); every hit and miss is counted."""
+    now = [1000.0]
+    tier = DiskTier(root, 1 << 22, clock=lambda: now[0])
+    assert tier.get_many([]) == [] and tier.get_many(["a"]) == [None]  # no directory yet
+    for i in range(6):
+        assert tier.put(f"n{i}", payload_for(f"n{i}", 2 * KB))
+    assert tier.put("ttl", b"t", expires_at=1010.0)
+    assert tier.has_many(["n0", "n1", "ttl"]) == {"n0", "n1", "ttl"}
+    _damage_payload(root, "n1")
+    now[0] = 1011.0
+    queries: list[str] = []
+    tier._index.reader().set_trace_callback(queries.append)
+    names = ["n0", "n1", "n2", "gone", "n3", "ttl"]
+    expected = [payload_for("n0", 2 * KB), None, payload_for("n2", 2 * KB), None,
+                payload_for("n3", 2 * KB), None]
+    assert tier.get_many(names) == expected
+    batch_queries = [q for q in queries if " IN (" in q]
+    assert len(batch_queries) == 1 and batch_queries[0].count("?") == 0  # (bound, traced)
+    stats = tier.stats()
+    assert (stats["hits"], stats["corrupt"], stats["expired"]) == (3, 1, 1)
+    assert index_row(root, "n1") is None and index_row(root, "ttl") is None
+    tier.close()
+    assert tier.get_many(names) == [None] * len(names)
+
+
+def test_get_many_counts_an_index_error_and_reads_nothing(root: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    tier = DiskTier(root, 1 << 20)
+    assert tier.put("a", b"a")
+
+    def locked(keys: list[bytes], now: float) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(tier._index, "locate_many", locked)
+    assert tier.get_many(["a", "b"]) == [None, None]
+    assert tier.stats()["errors"] == 1 and tier.enabled and tier.get("a") == b"a"
+
+
 def test_put_many_files_a_burst_in_one_go_and_skips_what_cannot_be_stored(root: Path) -> None:
     now = [1000.0]
     tier = DiskTier(root, 64 * KB, clock=lambda: now[0])

@@ -50,11 +50,14 @@ def fill_disk_tier(cluster, dataset, paths, disk):
 
 
 def count_disk_queries(client):
-    """The sizes of the disk-tier lookups ``client`` makes from now on (a list that grows)."""
-    items = client._async().items
+    """The sizes of the disk-tier index queries ``client`` makes from now on (a list that
+    grows)."""
+    disk = client._async().items.cache.disk
+    disk.has("")  # connected: the index is in place
     asked = []
-    looked_up = items.cache.on_disk
-    items.cache.on_disk = lambda keys: asked.append(len(keys)) or looked_up(keys)
+    locate_many = disk._index.locate_many
+    disk._index.locate_many = lambda keys, now: asked.append(len(keys)) or locate_many(keys,
+                                                                                        now)
     return asked
 
 

@@ -173,16 +173,15 @@ class ItemReads:
     def peek_leading(self, entries: Sequence[Entry]) -> list[bytes]:
         """The whole files of ``entries`` a cache tier holds, in order up to the first one
         none holds, read in the calling thread (any thread). The hits must be reported with
-        :meth:`consumed_all`, on the loop thread, in read order. Whether the disk holds
-        those memory does not is asked in one query for all of them (the caller may be ahead
-        of the window's lookups), and the hits are counted at once."""
+        :meth:`consumed_all`, on the loop thread, in read order (:meth:`hits_to_report`).
+        The disk is asked about those memory does not hold, and the window's lookups did
+        not cover, in one query (the caller may be ahead of the window); the hits are
+        counted at once."""
         keys = []
         for entry in entries:
             if not self._cacheable(entry):
                 break
             keys.append(whole_file_key(entry))
-        if self.cache.disk is not None:
-            self._note_on_disk(keys)
         return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys],
                                       promote=self._promote)
 

@@ -163,6 +163,32 @@ class DiskTier:
             self._forget(key, where, found)
         return None
 
+    def get_many(self, names: Sequence[str]) -> list[bytes | None]:
+        """:meth:`get` of several ``names``, in order: those :meth:`has_many` did not locate
+        are looked up in one index query, and all are read under one lock and counted at
+        once."""
+        if not names or (not self._ready and not self._ensure_ready()) or self._closed:
+            return [None] * len(names)
+        keys = [entry_key(name) for name in names]
+        places = [self._located.pop(key, None) for key in keys]
+        try:
+            with self._read_lock:
+                unknown = [key for key, where in zip(keys, places, strict=True) if not where]
+                if unknown:
+                    located = self._index.locate_many(unknown, self._clock())
+                    places = [where or located.get(key)
+                              for key, where in zip(keys, places, strict=True)]
+                found = [self._read_at(key, where) if where else None
+                         for key, where in zip(keys, places, strict=True)]
+        except sqlite3.Error as exc:
+            self._index_error("looking up entries", exc)
+            return [None] * len(names)
+        hits = [data for data in found if data is not None]
+        self._count(hits=len(hits), misses=places.count(None), bytes_read=sum(map(len, hits)))
+        # An entry filed but not read back whole: get() looks again, counts and drops it.
+        return [data if data is not None or where is None else self.get(name)
+                for name, where, data in zip(names, places, found, strict=True)]
+
     def put(self, name: str, data: bytes | bytearray | memoryview, *,
             expires_at: float | None = None) -> bool:
         """Store ``data`` under ``name`` (a later put of the same name replaces it). ``False``
@@ -401,11 +427,16 @@ class DiskTier:
         """The payload at a location learned earlier (:meth:`has_many`), if it is still
         there and whole. Entries never move and their checksum covers the key, so a stale
         location can only miss; the caller then asks the index (which counts and drops)."""
+        with self._read_lock:
+            return self._read_at(key, where)
+
+    def _read_at(self, key: bytes, where: Location) -> bytes | None:
+        """:meth:`_read_located` under the read lock: ``None`` for an expired, evicted or
+        damaged entry (not counted)."""
         if where.expires is not None and where.expires <= self._clock():
             return None
-        with self._read_lock:
-            found = self._readers.read(self._layout, where.segment, where.offset,
-                                       where.length, key)
+        found = self._readers.read(self._layout, where.segment, where.offset, where.length,
+                                   key)
         return found if isinstance(found, bytes) else None
 
     def _forget(self, key: bytes, where: Location, counter: str) -> None:

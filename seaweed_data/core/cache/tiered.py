@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import multiprocessing.util
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ...config import Config
 from ..metrics import Counters
@@ -109,19 +110,29 @@ class TieredCache:
     def get_leading(self, keys: Sequence[BlockKey], disk: Sequence[bool], *,
                     promote: bool = True) -> list[bytes]:
         """:meth:`get_now` of ``keys`` in order up to the first miss (not counted), the hits
-        counted at once; ``disk[i]`` False skips the disk tier for ``keys[i]``."""
-        found: list[bytes] = []
-        in_memory = 0
+        counted at once; ``disk[i]`` False skips the disk tier for ``keys[i]``. What memory
+        lacks is read from the disk tier in one call."""
+        found: list[bytes | None] = []
         for key, ask_disk in zip(keys, disk, strict=True):
-            data, tier = self._lookup(key, ask_disk, promote)
-            if data is None:
+            value = self.memory.get(key)
+            if value is None and not (ask_disk and self.disk is not None):
                 break
-            found.append(data)
-            in_memory += tier == "memory"
-        if found:
-            self._counters.add_all({"cache_hits": len(found), "cache_hits_memory": in_memory,
-                                    "cache_hits_disk": len(found) - in_memory})
-        return found
+            found.append(None if value is None else bytes(value))
+        asked = [i for i, data in enumerate(found) if data is None]
+        if asked:
+            assert self.disk is not None
+            read = self.disk.get_many([keys[i].digest for i in asked])
+            for i, data in zip(asked, read, strict=True):
+                found[i] = data
+                if data is not None and promote:
+                    self.memory.put(keys[i], data)
+        hits = list(itertools.takewhile(_is_not_none, found))
+        if hits:
+            from_disk = sum(1 for i in asked if i < len(hits))
+            self._counters.add_all({"cache_hits": len(hits),
+                                    "cache_hits_memory": len(hits) - from_disk,
+                                    "cache_hits_disk": from_disk})
+        return cast(list[bytes], hits)
 
     def _lookup(self, key: BlockKey, disk: bool, promote: bool) -> tuple[bytes | None, str]:
         """``key``'s bytes and the tier that held them (not counted); disk hits are copied
@@ -219,6 +230,10 @@ class TieredCache:
         self.memory.clear()
         if self.disk is not None:
             self.disk.close()
+
+
+def _is_not_none(data: bytes | None) -> bool:
+    return data is not None
 
 
 def _finish_writes(writer: concurrent.futures.ThreadPoolExecutor,
