@@ -160,7 +160,11 @@ def test_background_hints_without_entries_warm_them_and_log_a_failure(cluster, d
                 break
             time.sleep(0.01)
         assert client.read(paths[-1]) == dataset[paths[-1]]  # reads go on
+        client.set_hints(["http://elsewhere:1/x"], background=True)  # read on the loop thread
+        client.settle()
+        assert client.read(paths[0]) == dataset[paths[0]]
     assert "prefetch hints were not applied: filer gone" in caplog.text
+    assert "another filer" in caplog.text or "elsewhere" in caplog.text
 
 
 def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster, dataset,

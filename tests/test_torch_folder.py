@@ -298,3 +298,12 @@ def test_workers_look_for_announcements_only_when_a_batch_was_not_predicted(clus
     # announced order need none.
     assert epochs[0] == [1] * batches and epochs[1] == [2] * batches
     ds.close()
+
+
+def test_paths_of_looks_a_listings_paths_up_when_read():
+    from seaweed_data.torch.folder import PathsOf
+
+    entries = [sd.Entry(path=f"/d/{i}.jpg", size=1, is_dir=False) for i in range(5)]
+    paths = PathsOf(entries, [3, 0, 4])
+    assert len(paths) == 3 and list(paths) == ["/d/3.jpg", "/d/0.jpg", "/d/4.jpg"]
+    assert paths[1] == "/d/0.jpg" and paths[1:] == ["/d/0.jpg", "/d/4.jpg"]

@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -131,21 +130,32 @@ class Client:
         next epoch's). It drives prefetching and the ``"future"`` eviction policy; replacing
         the hints (a new epoch, a resume) cancels prefetches that are no longer ahead.
 
-        ``background=True`` returns at once and applies the hints on the loop thread: when
-        ``known`` has the entry of every path, before any later call of this client; else
-        once their metadata is in, a failure then being logged (reads go on unhinted).
+        ``background=True`` returns at once: the paths are read and the hints applied on the
+        loop thread (a lazy sequence keeps that work off the caller), when ``known`` has the
+        entry of every path before any later call of this client, else once their metadata
+        is in. A failure (metadata, a location on another filer) is then logged: the reads
+        go on unhinted.
         """
         core = self._async()
         known = known or {}
-        # A path that is a key of ``known`` is a filer path (an entry's) already.
-        paths = [p if p in known else self.path(p) for p in paths]
-        next_paths = [p if p in known else self.path(p) for p in next_paths]
         if background:
             self._report_late_hits()
-            LOOP.post(partial(core.items.hint_soon, paths, next_paths, known,
-                              prefetch_next=prefetch_next))
+            LOOP.post(self._hint_soon, core, paths, next_paths, known, prefetch_next)
         else:
-            self._run(core.set_hints(paths, next_paths, known, prefetch_next=prefetch_next))
+            self._run(core.set_hints(self._filer_paths(paths, known),
+                                     self._filer_paths(next_paths, known), known,
+                                     prefetch_next=prefetch_next))
+
+    def _hint_soon(self, core: AsyncClient, paths: Sequence[str], next_paths: Sequence[str],
+                   known: Mapping[str, Entry], prefetch_next: bool) -> None:
+        """:meth:`set_hints` with ``background=True``, on the loop thread."""
+        core.items.hint_soon(self._filer_paths(paths, known),
+                             self._filer_paths(next_paths, known), known,
+                             prefetch_next=prefetch_next)
+
+    def _filer_paths(self, paths: Sequence[str], known: Mapping[str, Entry]) -> list[str]:
+        # A path that is a key of ``known`` is a filer path (an entry's) already.
+        return [p if p in known else self.path(p) for p in paths]
 
     def read_entries(self, entries: Sequence[Entry]) -> list[bytes]:
         """Whole files of entries you already have (a listing), concurrently, in order.

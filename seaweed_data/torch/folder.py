@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, overload
 
 import torch.utils.data
 from PIL import Image
@@ -280,11 +280,11 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self._untold = (_flatten(batches[1:]), upcoming, cross)  # after the first batch
 
     def _tell(self, mine: list[int], upcoming: list[int], cross: bool) -> None:
-        """Give the client the order of this process's reads (applied on the loop thread)."""
-        entries = self.entries
-        self.client.set_hints([entries[i].path for i in mine],
-                              [entries[i].path for i in upcoming], self._entries_by_path(),
-                              prefetch_next=cross, background=True)
+        """Give the client the order of this process's reads: the paths are looked up and
+        the hints applied on the loop thread (~5 ms per 5,000 samples the reading thread
+        would otherwise spend before handing over its batch)."""
+        self.client.set_hints(PathsOf(self.entries, mine), PathsOf(self.entries, upcoming),
+                              self._entries_by_path(), prefetch_next=cross, background=True)
 
     def _entries_by_path(self) -> dict[str, Entry]:
         """The listing's entries by path, made once per process (not pickled)."""
@@ -317,6 +317,32 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
             self._client = None
         if self._jobs.is_main:
             self._jobs.close()
+
+
+class PathsOf(Sequence[str]):
+    """The paths of ``entries[i]`` for ``i`` in ``indices``, looked up when read."""
+
+    def __init__(self, entries: Sequence[Entry], indices: Sequence[int]) -> None:
+        self._entries = entries
+        self._indices = indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self._entries[i].path for i in self._indices[index]]
+        return self._entries[self._indices[index]].path
+
+    def __iter__(self) -> Iterator[str]:
+        entries = self._entries
+        return (entries[i].path for i in self._indices)
 
 
 def _has_image_extension(path: str) -> bool:
