@@ -374,6 +374,30 @@ def test_put_many_files_a_burst_in_one_go_and_skips_what_cannot_be_stored(root: 
     tier.close()
 
 
+def test_a_burst_is_appended_with_a_write_per_run_of_adjacent_entries(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries that follow each other in the room granted go out in one write; a burst that
+    needs more room (chunks of 64 KB here) or a new segment takes one write per run, and
+    every entry reads back."""
+    writes: list[int] = []
+    real = disk_writer.write_all
+
+    def counting(fd: int, parts: Any, offset: int) -> None:
+        writes.append(len(parts) // 2)
+        real(fd, parts, offset)
+
+    monkeypatch.setattr(disk_writer, "write_all", counting)
+    tier = DiskTier(root, 4 << 20, segment_bytes=256 * KB)
+    small = [(f"s{i}", payload_for(f"s{i}", 1 * KB), None) for i in range(40)]
+    assert tier.put_many(small) == 40 and writes == [40]
+    writes.clear()
+    big = [(f"b{i}", payload_for(f"b{i}", 20 * KB), None) for i in range(30)]  # 600 KB
+    assert tier.put_many(big) == 30
+    assert sum(writes) == 30 and 3 <= len(writes) < 30
+    assert all(tier.get(name) == data for name, data, _ in small + big)
+    tier.close()
+
+
 def test_expired_entries_are_dropped_on_read(root: Path) -> None:
     now = [1000.0]
     tier = DiskTier(root, 1 << 20, clock=lambda: now[0])

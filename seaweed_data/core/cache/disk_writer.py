@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from .disk_index import Location, PackIndex
 from .disk_segments import OpenSegment
 
+MAX_GROUP = 256
+"""Entries appended with one write at most (each is a header and a payload: 512 buffers,
+half of Linux's IOV_MAX)."""
+
 
 def write_all(fd: int, parts: Sequence[bytes | memoryview], offset: int) -> None:
     """Write every byte of ``parts`` to ``fd`` at ``offset`` (the one low-level write; tests
@@ -75,22 +79,28 @@ class PackWriter:
     def store_many(self, entries: Sequence[tuple[bytes, Sequence[bytes | memoryview],
                                                   float | None]]) -> tuple[list[int], int]:
         """Append several entries, then file them in one index transaction; returns the
-        payload sizes of those stored and the entries evicted to make room. An entry whose
-        segment was evicted before the transaction is stored once more, alone."""
+        payload sizes of those stored and the entries evicted to make room. Entries that
+        lie one after the other in the room granted are appended with one ``pwritev``
+        (a write per entry cost as much as the rest of storing it). An entry whose segment
+        was evicted before the transaction is stored once more, alone."""
         written: list[tuple[bytes, Location, Sequence[bytes | memoryview]]] = []
+        group: list[tuple[bytes, Location, Sequence[bytes | memoryview]]] = []
         evicted = 0
         try:
             for key, parts, expires_at in entries:
                 size = sum(len(p) for p in parts)
+                if group and (self.needs_room(size) or len(group) >= MAX_GROUP):
+                    written += self._append(group)
                 segment, more = self._room_for(size)
                 evicted += more
                 if segment is None:
                     continue
-                where = Location(segment.id, segment.offset, size, expires_at)
+                group.append((key, Location(segment.id, segment.offset, size, expires_at),
+                              parts))
                 segment.offset += size  # (also after a failed write: never over a torn entry)
-                write_all(segment.fd, parts, where.offset)
-                written.append((key, where, parts))
+            written += self._append(group)
         except OSError:  # (a full disk) what was written whole is still filed
+            written += self._written_whole(group)
             self._index.insert_many([(key, where) for key, where, _ in written])
             raise
         filed = self._index.insert_many([(key, where) for key, where, _ in written])
@@ -104,6 +114,32 @@ class PackWriter:
             if ok:
                 stored.append(len(parts[-1]))
         return stored, evicted
+
+    def _append(self, group: list[tuple[bytes, Location, Sequence[bytes | memoryview]]]
+                ) -> list[tuple[bytes, Location, Sequence[bytes | memoryview]]]:
+        """Write the entries of ``group`` (adjacent, in the open segment) with one write,
+        then empty ``group`` and return what it held (on an error it holds them still)."""
+        if not group:
+            return []
+        segment = self.segment
+        assert segment is not None and segment.id == group[0][1].segment  # flushed before a switch
+        write_all(segment.fd, [part for _, _, parts in group for part in parts],
+                  group[0][1].offset)
+        done = list(group)
+        group.clear()
+        return done
+
+    def _written_whole(self, group: list[tuple[bytes, Location, Sequence[bytes | memoryview]]]
+                       ) -> list[tuple[bytes, Location, Sequence[bytes | memoryview]]]:
+        """Those entries of ``group``, whose write failed, that reached the segment whole
+        (a segment grows only by this writer's appends)."""
+        if not group or self.segment is None:
+            return []
+        try:
+            size = os.fstat(self.segment.fd).st_size
+        except OSError:
+            return []
+        return [entry for entry in group if entry[1].offset + entry[1].length <= size]
 
     def _room_for(self, size: int) -> tuple[OpenSegment | None, int]:
         segment = self.segment

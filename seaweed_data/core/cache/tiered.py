@@ -35,15 +35,17 @@ OFFLOAD_BYTES = 1 << 20
 ENTRY_OVERHEAD_BYTES = 512
 """What an entry costs besides its bytes (key, LRU node, the eviction policy's bookkeeping),
 charged to ``memory_cache_bytes`` so that many small files keep to the budget too."""
-MAX_PENDING_WRITES = 256
+MAX_PENDING_WRITES = 2048
 MAX_PENDING_BYTES = 64 << 20
 """Past either many blocks queued for the disk, the reader waits for the disk."""
-WRITE_BURST = 128
-WRITE_BURST_BYTES = 4 << 20
+WRITE_BURST = 1024
+WRITE_BURST_BYTES = 16 << 20
 """Queued blocks the writer thread files in one index transaction, at most."""
-WRITE_LINGER_S = 0.02
-"""How long the writer thread waits for a whole burst before filing fewer blocks: an index
-transaction costs about as much as filing ~20 entries, so small bursts cost the most."""
+WRITE_LINGER_S = 0.1
+"""How long the writer thread waits for a whole burst before filing fewer blocks. An index
+transaction rewrites every index page its rows touch (hashed keys land on pages all over the
+index), so a few large bursts cost much less than many small ones: a cold image-folder epoch
+with bursts of ~100 blocks spent ~5% more time than with bursts of ~500."""
 _HIT_COUNTS = {tier: {"cache_hits": 1, f"cache_hits_{tier}": 1} for tier in ("memory", "disk")}
 
 
