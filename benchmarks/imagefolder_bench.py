@@ -23,7 +23,9 @@ Decode variant: the loader decodes with Pillow and converts to a tensor
 
 Rounds are interleaved (every case once per round) after one untimed warm-up pass of the local
 and naive cases (page cache, server caches); medians are reported. Times include starting the
-epoch's worker processes, as a training loop would see them. Writes JSON and Markdown to
+epoch's worker processes, as a training loop would see them. After each case that filled a
+disk cache, ``os.sync()`` (untimed) writes its pages out, so that the kernel's writeback does
+not land in a later case. Writes JSON and Markdown to
 ``benchmarks/results/imagefolder.*``.
 Run: ``python benchmarks/imagefolder_bench.py [--files 10000] [--rounds 3]``.
 """
@@ -221,6 +223,9 @@ class Bench:
         ds.close()
         # The cache directory (a few pack files) stays until the run ends: freeing its
         # blocks on this VM's ext4 (mounted with 'discard') would slow the next case's writes.
+        # Its pages go to disk now, untimed: the kernel would write them back ~30 s later, in
+        # the middle of whichever case runs then.
+        os.sync()
 
     def naive(self) -> float:
         ds = NaiveHTTP(self.cluster.filer_url, self.remote_samples)

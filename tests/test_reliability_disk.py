@@ -230,7 +230,7 @@ def _evicting_reader(filer: str, master: str, root: str, expected: dict[str, str
             for path in order:
                 if hashlib.sha256(client.read(path)).hexdigest() != expected[path]:
                     wrong += 1
-        client.flush()  # the writes behind the reads are done (and counted)
+            client.flush()  # this pass's writes are on the disk (behind the reads until now)
         tier = client._async().items.cache.disk
         stats = tier.stats() if tier is not None else {}
         results.put((wrong, client.stats()["cache_hits_disk"], stats.get("evictions", 0),

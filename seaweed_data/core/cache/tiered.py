@@ -41,11 +41,13 @@ MAX_PENDING_BYTES = 64 << 20
 WRITE_BURST = 1024
 WRITE_BURST_BYTES = 16 << 20
 """Queued blocks the writer thread files in one index transaction, at most."""
-WRITE_LINGER_S = 0.1
+WRITE_LINGER_S = 0.05
 """How long the writer thread waits for a whole burst before filing fewer blocks. An index
 transaction rewrites every index page its rows touch (hashed keys land on pages all over the
 index), so a few large bursts cost much less than many small ones: a cold image-folder epoch
-with bursts of ~100 blocks spent ~5% more time than with bursts of ~500."""
+with bursts of ~100 blocks spent ~5% more time than with bursts of ~500. Other processes see
+a block on the disk tier this much later at most (DataLoader workers of one epoch read
+different files; ``flush()`` does not wait)."""
 _HIT_COUNTS = {tier: {"cache_hits": 1, f"cache_hits_{tier}": 1} for tier in ("memory", "disk")}
 
 
