@@ -178,10 +178,11 @@ class ItemReads:
         not cover, in one query (the caller may be ahead of the window); the hits are
         counted at once."""
         keys = []
-        for entry in entries:
-            if not self._cacheable(entry):
-                break
-            keys.append(whole_file_key(entry))
+        if self.cache.enabled:
+            for entry in entries:
+                if not _has_own_bytes(entry):
+                    break
+                keys.append(whole_file_key(entry))
         return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys],
                                       promote=self._promote)
 

@@ -76,6 +76,17 @@ class MemoryTier:
             self._policy.accessed(key)
             return value
 
+    def get_many(self, keys: Sequence[BlockKey]) -> list[Value | None]:
+        """:meth:`get` of each of ``keys``, under one lock."""
+        with self._lock:
+            values = [self._entries.get(key) for key in keys]
+            hits = [key for key, value in zip(keys, values, strict=True) if value is not None]
+            for key in hits:
+                self._policy.accessed(key)
+            self._hits += len(hits)
+            self._misses += len(keys) - len(hits)
+        return values
+
     def put(self, key: BlockKey, value: Value) -> bool:
         """Store ``value`` under ``key``, evicting as the policy says; ``False`` if not admitted.
 

@@ -117,8 +117,7 @@ class TieredCache:
         counted at once; ``disk[i]`` False skips the disk tier for ``keys[i]``. What memory
         lacks is read from the disk tier in one call."""
         found: list[bytes | None] = []
-        for key, ask_disk in zip(keys, disk, strict=True):
-            value = self.memory.get(key)
+        for value, ask_disk in zip(self.memory.get_many(keys), disk, strict=True):
             if value is None and not (ask_disk and self.disk is not None):
                 break
             found.append(None if value is None else bytes(value))
