@@ -474,6 +474,10 @@ def test_an_index_damaged_under_running_tiers_is_replaced_once(root: Path) -> No
         assert tier.put(f"after-{id(tier)}", b"a")
     for tier in (first, second, third):
         assert all(tier.get(f"after-{id(t)}") == b"a" for t in (first, second, third))
+    names = [f"after-{id(t)}" for t in (first, second, third)]
+    time.sleep(1.1)
+    for tier in (first, second, third):  # batches look for a replaced index too
+        assert tier.get_many(names) == [b"a"] * 3
     with consistent_view(root) as view:
         assert view.unknown_files == 0 and view.on_disk <= view.allocated <= 1 << 20
 

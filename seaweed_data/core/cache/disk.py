@@ -135,12 +135,8 @@ class DiskTier:
     def get(self, name: str) -> bytes | None:
         """The payload stored for ``name``, or ``None`` on a miss (damaged and expired entries
         are dropped and read as misses)."""
-        if (not self._ready and not self._ensure_ready()) or self._closed:
+        if not self._readable():
             return None
-        if time.monotonic() >= self._next_check:
-            self._check_now()
-            if not self._ensure_ready():
-                return None
         key = entry_key(name)
         known = self._located.pop(key, None)
         payload = self._read_located(key, known) if known is not None else None
@@ -167,7 +163,7 @@ class DiskTier:
         """:meth:`get` of several ``names``, in order: those :meth:`has_many` did not locate
         are looked up in one index query, and all are read under one lock and counted at
         once."""
-        if not names or (not self._ready and not self._ensure_ready()) or self._closed:
+        if not names or not self._readable():
             return [None] * len(names)
         keys = [entry_key(name) for name in names]
         places = [self._located.pop(key, None) for key in keys]
@@ -306,6 +302,16 @@ class DiskTier:
         self._let_go()
 
     # -- first use, errors, fork --------------------------------------------------------------
+
+    def _readable(self) -> bool:
+        """Whether reads can go on: ready, not closed, and (looked at once a second) still
+        on the index other processes use."""
+        if (not self._ready and not self._ensure_ready()) or self._closed:
+            return False
+        if time.monotonic() >= self._next_check:
+            self._check_now()
+            return self._ensure_ready()
+        return True
 
     def _ensure_ready(self) -> bool:
         # (a forked child is reset by the at-fork hooks below, not by a getpid() per call)
