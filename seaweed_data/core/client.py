@@ -161,8 +161,9 @@ class Client:
         """Whole files of entries you already have (a listing), concurrently, in order.
 
         Cache hits are read right here, in the calling thread, up to the first miss; when all
-        are hits the loop thread is only told about them, without waiting, and only while
-        it has prefetches under way (see :meth:`ItemReads.hits_to_report`)."""
+        are hits the loop thread is told about them without waiting: at once while prefetches
+        are under way, else a few hundred at a time and before anything else this client
+        sends it (see :meth:`ItemReads.hits_to_report`)."""
         core = self._async()
         entries = list(entries)
         # Hits up to the first miss: the loop thread takes it from there.

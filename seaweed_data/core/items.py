@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import Config
@@ -300,16 +300,12 @@ class ItemReads:
         Reads of these files trust the answer (:meth:`_may_be_on_disk`; an index query per
         file was ~7% of a worker's CPU samples in a cold epoch): a file another process
         stores in the short while between its lookup and its read is fetched once more."""
-        upcoming = (self._hinted.get(p) for p in self.prefetcher.upcoming(
-            self.prefetcher.depth + DISK_LOOKAHEAD))
-        self._note_on_disk(dict.fromkeys(whole_file_key(e) for e in upcoming
-                                         if e is not None and _has_own_bytes(e)))
-
-    def _note_on_disk(self, keys: Iterable[BlockKey]) -> None:
-        """Ask the disk tier, in one query, about those of ``keys`` that memory does not
-        hold and whose answer is not known yet (any thread)."""
         if len(self._on_disk) > 4 * (self.prefetcher.depth + DISK_LOOKAHEAD):
             self._on_disk.clear()  # behind the window by now; an item asked again is looked up
+        upcoming = (self._hinted.get(p) for p in self.prefetcher.upcoming(
+            self.prefetcher.depth + DISK_LOOKAHEAD))
+        keys = dict.fromkeys(whole_file_key(e) for e in upcoming
+                             if e is not None and _has_own_bytes(e))
         unknown = [key for key in self.cache.memory.missing(keys) if key not in self._on_disk]
         if unknown:
             found = self.cache.on_disk(unknown)

@@ -78,10 +78,6 @@ class TieredCache:
     def enabled(self) -> bool:
         return self.memory.capacity_bytes > 0 or self.disk is not None
 
-    def contains(self, key: BlockKey) -> bool:
-        """Whether a tier holds ``key`` (on disk: a row in the index, not yet verified)."""
-        return key in self.memory or (self.disk is not None and self.disk.has(key.digest))
-
     def on_disk(self, keys: Sequence[BlockKey]) -> set[BlockKey]:
         """Those of ``keys`` the disk tier holds now (filed, not yet verified), in a few
         index queries for all of them."""
@@ -104,9 +100,15 @@ class TieredCache:
         memory unless ``promote=False``: the caller will not read it again).
         ``count_miss=False`` when a miss will be looked up (and counted) again;
         ``disk=False`` when the disk tier was just asked about ``key``."""
-        data, tier = self._lookup(key, disk, promote)
+        value = self.memory.get(key)
+        if value is not None:
+            self._counters.add_all(_HIT_COUNTS["memory"])
+            return bytes(value)
+        data = self.disk.get(key.digest) if self.disk is not None and disk else None
         if data is not None:
-            self._counters.add_all(_HIT_COUNTS[tier])
+            if promote:
+                self.memory.put(key, data)
+            self._counters.add_all(_HIT_COUNTS["disk"])
         elif count_miss:
             self._counters.add("cache_misses")
         return data
@@ -136,17 +138,6 @@ class TieredCache:
                                     "cache_hits_memory": len(hits) - from_disk,
                                     "cache_hits_disk": from_disk})
         return cast(list[bytes], hits)
-
-    def _lookup(self, key: BlockKey, disk: bool, promote: bool) -> tuple[bytes | None, str]:
-        """``key``'s bytes and the tier that held them (not counted); disk hits are copied
-        into memory when ``promote``."""
-        value = self.memory.get(key)
-        if value is not None:
-            return bytes(value), "memory"
-        data = self.disk.get(key.digest) if self.disk is not None and disk else None
-        if data is not None and promote:
-            self.memory.put(key, data)
-        return data, "disk"
 
     async def put(self, key: BlockKey, data: bytes, *, expires_at: float | None = None) -> None:
         self.memory.put(key, data)
