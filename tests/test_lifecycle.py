@@ -156,3 +156,23 @@ def test_a_finalized_client_never_waits_for_the_loop_thread(cluster):
     assert client._closed
     with sd.Client(cluster.filer_url, sd.Config(master=cluster.master_url)) as other:
         assert other.listdir("/") is not None  # the loop serves new clients afterwards
+
+
+def test_posted_calls_keep_their_order_with_coroutines_sent_before_them():
+    """A prefetched file's claim (a submitted read) and the next hints (a posted call) must
+    reach the engine in the order they were sent, or the hints cancel the claimed prefetch."""
+    order: list[str] = []
+
+    async def first_step(name: str) -> None:
+        order.append(name)
+
+    LOOP.acquire()
+    try:
+        for i in range(50):
+            LOOP.submit(first_step(f"submitted {i}"))
+            LOOP.post(order.append, f"posted {i}")
+        LOOP.run(first_step("last"))
+    finally:
+        LOOP.release()
+    expected = [f"{kind} {i}" for i in range(50) for kind in ("submitted", "posted")]
+    assert order == [*expected, "last"]

@@ -105,11 +105,14 @@ class LoopThread:
 
     def post(self, fn: Callable[..., object], *args: object) -> None:
         """Run the plain function ``fn(*args)`` on the loop thread soon; do not wait for it.
-        Calls run in the order they were posted (also relative to :meth:`run`)."""
+        Calls run in the order they were posted, also relative to the first step of the
+        coroutines of :meth:`run` and :meth:`submit`."""
         loop = self._loop
         if loop is None:
             raise RuntimeError("seaweed_data loop thread is not running (client closed?)")
-        loop.call_soon_threadsafe(_logged, fn, *args)
+        # A coroutine sent over starts one loop iteration after its task is made: queue
+        # ``fn`` the same way, or it would overtake a coroutine sent just before it.
+        loop.call_soon_threadsafe(loop.call_soon, _logged, fn, *args)
 
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
