@@ -240,8 +240,8 @@ def record_reports(client):
     items = client._async().items
     reports = []
     consumed_all, use_hints = items.consumed_all, items.use_hints
-    items.consumed_all = lambda paths: reports.append(("hits", len(paths))) or consumed_all(
-        paths)
+    items.consumed_all = lambda paths, refill=True: reports.append(
+        ("hits", len(paths))) or consumed_all(paths, refill)
     items.use_hints = lambda paths, *a, **k: reports.append(("hints", len(paths))) or \
         use_hints(paths, *a, **k)
     return reports
@@ -251,7 +251,9 @@ def test_hits_are_reported_late_while_nothing_is_prefetched(cluster, dataset, tm
                                                             monkeypatch):
     """A warm epoch read in batches: with no prefetch under way, the loop thread hears of
     cache hits every LATE_HITS, not every batch, and of the rest before anything else
-    reaches it (new hints here): every hit is reported, in order."""
+    reaches it (new hints here): every hit is reported, in order. Such reports do not
+    refill the prefetch window: the disk is asked about each file once, by the first
+    window (set with the hints) or by the reader."""
     from seaweed_data.core import items
 
     LATE_HITS = 64
@@ -263,13 +265,17 @@ def test_hits_are_reported_late_while_nothing_is_prefetched(cluster, dataset, tm
     assert len(paths) % LATE_HITS > 0
     with cluster.client(disk_cache_dir=disk, prefetch_items=4) as client:
         entries = {p: client.stat(p) for p in paths}
+        asked = count_disk_queries(client)
         client.set_hints(paths, (), entries, prefetch_next=False)
         reports = record_reports(client)
         for start in range(0, len(paths), batch):
             chunk = [entries[p] for p in paths[start:start + batch]]
             assert client.read_entries(chunk) == [dataset[p] for p in paths[start:start + batch]]
+            LOOP.run(asyncio.sleep(0))  # what was reported is handled before the next read
         late = len(paths) % LATE_HITS
         assert reports == [("hits", LATE_HITS)] * (len(paths) // LATE_HITS)
+        assert asked[0] == 4 + items.DISK_LOOKAHEAD  # the first window
+        assert sum(asked) == len(paths) and max(asked[1:]) <= batch  # then the reader's
         client.set_hints(paths[:5], (), entries, background=True)
         client.settle()
         assert reports[-2:] == [("hits", late), ("hints", 5)]

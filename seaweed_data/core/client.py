@@ -92,7 +92,7 @@ class Client:
             return
         hits = core.items.late_hits()
         if hits:
-            LOOP.post(core.items.consumed_all, hits)
+            LOOP.post(core.items.consumed_all, hits, False)
 
     def path(self, location: str) -> str:
         """The filer path of ``location``; refuses locations on another filer."""
@@ -169,9 +169,9 @@ class Client:
         # Hits up to the first miss: the loop thread takes it from there.
         found: list[bytes | None] = list(core.items.peek_leading(entries))
         if len(found) == len(entries):
-            hits = core.items.hits_to_report([entry.path for entry in entries])
+            hits, refill = core.items.hits_to_report([entry.path for entry in entries])
             if hits:
-                LOOP.post(core.items.consumed_all, hits)
+                LOOP.post(core.items.consumed_all, hits, refill)
             return cast(list[bytes], found)
         found += [None] * (len(entries) - len(found))
         return self._run(core.read_entries(entries, found))

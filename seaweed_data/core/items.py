@@ -186,25 +186,32 @@ class ItemReads:
         return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys],
                                       promote=self._promote)
 
-    def hits_to_report(self, paths: Sequence[str]) -> list[str]:
+    def hits_to_report(self, paths: Sequence[str]) -> tuple[list[str], bool]:
         """``paths`` were just read from the cache with :meth:`peek_leading` (any thread):
-        the hits to report now with :meth:`consumed_all`, in read order. None while no
-        prefetch is under way and fewer than :data:`LATE_HITS` hits wait.
+        the hits to report now with :meth:`consumed_all`, in read order, and whether that
+        refills the prefetch window. No hits while no prefetch is under way and fewer than
+        :data:`LATE_HITS` hits wait.
 
         Reporting hits moves the prefetch window and the eviction cursor. While every file
         the window reaches is cached (a warm epoch) that finds nothing to fetch, and doing
         it for every batch on the loop thread cost a fresh DataLoader worker ~10% of its
-        warm epoch. The client reports the hits held back before anything else it sends the
-        loop thread (:meth:`late_hits`), so the reads stay in order."""
+        warm epoch. Hits held back are reported without a refill: the reader is ahead of
+        them by then, and the disk lookups of a refill raced its own (a fresh worker's loop
+        thread looked up 1,440 files of a 5,000-file share, every one after the reader had).
+        The next read that reaches the loop thread refills the window. The client reports
+        the hits held back before anything else it sends the loop thread
+        (:meth:`late_hits`), so the reads stay in order."""
         with self._late_lock:
             self._late_hits.extend(paths)
-            if not self.prefetcher.busy and len(self._late_hits) < LATE_HITS:
-                return []
+            busy = self.prefetcher.busy
+            if not busy and len(self._late_hits) < LATE_HITS:
+                return [], False
             hits, self._late_hits = self._late_hits, []
-        return hits
+        return hits, busy
 
     def late_hits(self) -> list[str]:
-        """The hits :meth:`hits_to_report` held back (any thread), to report now."""
+        """The hits :meth:`hits_to_report` held back (any thread), to report now with
+        :meth:`consumed_all` without a refill (the call that follows them refills)."""
         with self._late_lock:
             hits, self._late_hits = self._late_hits, []
         return hits
@@ -214,13 +221,14 @@ class ItemReads:
         the hints."""
         self.consumed_all([path])
 
-    def consumed_all(self, paths: Sequence[str]) -> None:
-        """:meth:`consumed` of a batch, in order (one lock, one refill of the window)."""
+    def consumed_all(self, paths: Sequence[str], refill: bool = True) -> None:
+        """:meth:`consumed` of a batch, in order (one lock, one refill of the window unless
+        ``refill`` is False: see :meth:`hits_to_report`)."""
         self.cache.on_demand_all(paths)
         if self._order is not None and not self._hinted:
             for path in paths:
                 self._follow_order(path)
-        for slot in self.prefetcher.claim_all(paths):
+        for slot in self.prefetcher.claim_all(paths, refill=refill):
             self.prefetcher.settle(slot)
 
     def cached_slice(self, entry: Entry, start: int, stop: int) -> bytes | None:

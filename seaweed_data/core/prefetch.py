@@ -106,13 +106,15 @@ class Prefetcher:
         self._pump()
         return slot
 
-    def claim_all(self, items: Iterable[str]) -> list[_Slot | None]:
-        """:meth:`claim` of each of ``items`` in turn, the window refilled once at the end:
-        for a batch the consumer read from the cache (an item of it beyond the window gets no
-        slot, where claiming one by one would have considered it, found it cached, and not
-        fetched it either)."""
+    def claim_all(self, items: Iterable[str], *, refill: bool = True) -> list[_Slot | None]:
+        """:meth:`claim` of each of ``items`` in turn, the window refilled once at the end
+        (unless ``refill`` is False: the next claim or hints refill it): for a batch the
+        consumer read from the cache (an item of it beyond the window gets no slot, where
+        claiming one by one would have considered it, found it cached, and not fetched it
+        either)."""
         slots = [self._hand_over(item) for item in items]
-        self._pump()
+        if refill:
+            self._pump()
         return slots
 
     def _hand_over(self, item: str) -> _Slot | None:
