@@ -119,7 +119,7 @@ def test_batches_of_cache_hits_are_served_in_the_calling_thread(cluster, dataset
         stats = client.stats()
         assert client._async().items.prefetcher.hints == []  # the window followed the reads
     assert stats["bytes_fetched"] == 0 and stats["prefetch_issued"] == 0
-    assert stats["cache_hits_disk"] == len(paths)
+    assert stats["cache_hits_disk"] == len(paths) + 1  # the last read too: not kept in memory
 
 
 def test_background_hints_come_before_the_reads_that_follow(cluster, dataset):
@@ -190,10 +190,10 @@ def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster
 
 
 @pytest.mark.parametrize("prefetch_next", [True, False])
-def test_disk_hits_are_kept_in_memory_only_by_a_process_that_reads_on(cluster, dataset,
-                                                                     tmp_path, prefetch_next):
-    """A process told the next epoch for eviction only (prefetch_next=False: it may not live
-    to read it, like a fresh DataLoader worker) does not copy disk hits into memory."""
+def test_disk_hits_are_not_copied_into_memory(cluster, dataset, tmp_path, prefetch_next):
+    """Whether or not the process reads on (prefetch_next), what it reads from the disk tier
+    stays there: the page cache holds it for every process, a copy in memory would cost its
+    page faults. Reading it again is a disk hit again, fetching nothing."""
     paths = sorted(dataset)[:60]
     disk = str(tmp_path / "cache")
     fill_disk_tier(cluster, dataset, paths, disk)
@@ -201,10 +201,12 @@ def test_disk_hits_are_kept_in_memory_only_by_a_process_that_reads_on(cluster, d
         entries = {p: client.stat(p) for p in paths}
         client.set_hints(paths, paths[::-1], entries, prefetch_next=prefetch_next)
         assert client.read_entries([entries[p] for p in paths]) == [dataset[p] for p in paths]
+        assert len(client._async().items.cache.memory) == 0
+        assert [client.read(p) for p in paths[::-1]] == [dataset[p] for p in paths[::-1]]
         stats = client.stats()
         in_memory = len(client._async().items.cache.memory)
-    assert stats["cache_hits_disk"] == len(paths) and stats["bytes_fetched"] == 0
-    assert in_memory == (len(paths) if prefetch_next else 0)
+    assert stats["cache_hits_disk"] == 2 * len(paths) and stats["bytes_fetched"] == 0
+    assert in_memory == 0
 
 
 def test_a_batch_of_disk_hits_asks_the_index_once(cluster, dataset, tmp_path):

@@ -79,7 +79,6 @@ class ItemReads:
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
         self._on_disk: dict[BlockKey, bool] = {}  # hinted files looked up: whether on disk
-        self._promote = True  # disk hits of demand reads are kept in memory too
         self._inflight: dict[BlockKey, _Shared] = {}
         self._order: OrderDetector | None = None
         self._late_hits: list[str] = []  # read from the cache, not reported yet
@@ -94,8 +93,7 @@ class ItemReads:
 
         ``known`` entries (e.g. from a dataset's listing) spare the metadata requests.
         ``prefetch_next=False`` uses the next epoch's order for eviction only: a process
-        that may not live to read it should not fetch it, nor copy into memory what it reads
-        from the disk tier (that copy cost a fresh DataLoader worker ~13% of a warm epoch).
+        that may not live to read it should not fetch it.
         """
         known = known or {}
         unknown = [p for p in [*paths, *next_paths] if p not in known]
@@ -121,7 +119,6 @@ class ItemReads:
         without prefetching)."""
         everything = [*paths, *next_paths]
         fetched = everything if prefetch_next else list(paths)
-        self._promote = prefetch_next
         self._hinted = {p: known[p] for p in everything if p in known}
         # The same order told again with more of it (a worker's next epoch, announced a
         # whole epoch ago): only the new part is appended.
@@ -164,8 +161,7 @@ class ItemReads:
             return data
         key = whole_file_key(entry)
         if self._cacheable(entry):
-            cached = await self.cache.get(key, disk=self._may_be_on_disk(key),
-                                          promote=self._promote)
+            cached = await self.cache.get(key, disk=self._may_be_on_disk(key))
             if cached is not None:
                 return cached
         return await self._single_flight(entry, key)
@@ -183,8 +179,7 @@ class ItemReads:
                 if not _has_own_bytes(entry):
                     break
                 keys.append(whole_file_key(entry))
-        return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys],
-                                      promote=self._promote)
+        return self.cache.get_leading(keys, [self._may_be_on_disk(key) for key in keys])
 
     def hits_to_report(self, paths: Sequence[str]) -> tuple[list[str], bool]:
         """``paths`` were just read from the cache with :meth:`peek_leading` (any thread):
@@ -276,7 +271,7 @@ class ItemReads:
         key = whole_file_key(entry)
         if self._cacheable(entry):  # cached after all: read meanwhile, or not looked up
             # (a file just looked up as the window reached it is not asked about again)
-            cached = await self.cache.get(key, count_miss=False,
+            cached = await self.cache.get(key, count_miss=False, promote=True,
                                           disk=self._may_be_on_disk(key))
             if cached is not None:
                 return cached
