@@ -209,6 +209,28 @@ def test_disk_hits_are_not_copied_into_memory(cluster, dataset, tmp_path, prefet
     assert in_memory == 0
 
 
+@pytest.mark.parametrize("disk_tier", [True, False])
+def test_with_a_disk_tier_memory_keeps_only_what_the_hints_read_again(cluster, dataset,
+                                                                     tmp_path, disk_tier):
+    """An epoch fetched with the next epoch's order told (for eviction only): with a disk
+    tier, a file is dropped from memory once read unless the next epoch reads it; without
+    one, memory keeps everything it can (nothing else would)."""
+    paths = sorted(dataset)[:80]
+    later = paths[10:30]  # the part of the next epoch this process reads
+    disk = str(tmp_path / "cache") if disk_tier else None
+    with cluster.client(disk_cache_dir=disk, prefetch_items=8) as client:
+        entries = {p: client.stat(p) for p in paths}
+        client.set_hints(paths, later, entries, prefetch_next=False)
+        for start in range(0, len(paths), 8):
+            chunk = [entries[p] for p in paths[start:start + 8]]
+            assert client.read_entries(chunk) == [dataset[p] for p in paths[start:start + 8]]
+        assert client.read(later[0]) == dataset[later[0]]  # every earlier read is reported
+        kept = {key.item for key in client._async().items.cache.memory}
+        stats = client.stats()
+    assert kept == set(later if disk_tier else paths)
+    assert stats["bytes_fetched"] == sum(len(dataset[p]) for p in paths)
+
+
 def test_a_batch_of_disk_hits_asks_the_index_once(cluster, dataset, tmp_path):
     """read_entries without hints: whether the disk holds the batch is one query, the hits
     are counted at once; a file fetched after that answer is looked up again once memory

@@ -113,6 +113,48 @@ def test_future_with_an_emptied_stream_is_lru_again() -> None:
     assert key("a") not in cache
 
 
+# -- a tier with a disk tier behind it keeps only what the hints read ----------------------------
+
+def backed(capacity: int, policy: str = "future") -> MemoryTier:
+    return MemoryTier(capacity, make_policy(policy), keep_unneeded=False)
+
+
+def test_a_backed_tier_drops_blocks_once_the_hints_no_longer_read_them() -> None:
+    cache = backed(1000)
+    cache.set_future(["a", "b", "a", "c", "d"])
+    fill(cache, "a", "b", "c")
+    cache.on_demand("a")  # read again later: kept
+    cache.on_demand("b")  # b is read now: kept until the next read
+    assert all(key(i) in cache for i in "abc")
+    cache.on_demand("a")  # b's read is over, and a is not read again but now
+    assert key("b") not in cache and key("a") in cache and key("c") in cache
+    cache.on_demand_all(["c"])  # reported after the fact: every unneeded block goes
+    assert len(cache) == 0 and cache.used_bytes == 0
+
+
+def test_a_backed_tier_refuses_what_the_hints_do_not_read() -> None:
+    cache = backed(1000)
+    cache.set_future(["a", "b"])
+    assert not cache.put(key("z"), b"x" * 10)
+    assert cache.stats()["rejected"] == 1
+    fill(cache, "a")
+    cache.on_demand("a")
+    assert not cache.put(key("a"), b"x" * 10)  # fetched on demand, not read again
+    cache.on_demand("b")
+    fill(cache, "y", "b")  # no hints ahead: nothing is known, anything is kept (LRU)
+    cache.on_demand_all(["y"])
+    assert key("y") in cache and key("b") in cache
+
+
+def test_an_lru_tier_keeps_everything_even_backed() -> None:
+    cache = backed(1000, "lru")
+    cache.set_future(["a"])
+    fill(cache, "a", "z")
+    cache.on_demand("a")
+    cache.on_demand_all(["z"])
+    assert key("a") in cache and key("z") in cache
+
+
 # -- future: eviction and admission --------------------------------------------------------------
 
 def test_future_evicts_the_farthest_next_use() -> None:

@@ -105,6 +105,16 @@ class FutureAwareEviction:
         if use is not None:
             self._advance(use + 1)
 
+    def wanted(self, item: str) -> bool:
+        """Whether the hints ahead read ``item`` (any item may be read while none are ahead)."""
+        return item in self._next or not self.remaining_hints
+
+    def unneeded(self) -> list[BlockKey]:
+        """The cached blocks of items the hints ahead do not read (the unhinted ones)."""
+        if not self.remaining_hints:
+            return []
+        return [key for item in self._unhinted for key in self._keys[item]]
+
     # -- entries -----------------------------------------------------------------------------
 
     def inserted(self, key: BlockKey) -> None:

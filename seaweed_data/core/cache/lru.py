@@ -41,3 +41,9 @@ class LRUEviction:
 
     def on_demand(self, item: str) -> None:
         """Ignored: LRU does not look ahead."""
+
+    def wanted(self, item: str) -> bool:
+        return True  # no knowledge of the future: anything may come back
+
+    def unneeded(self) -> list[BlockKey]:
+        return []

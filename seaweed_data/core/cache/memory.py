@@ -37,12 +37,13 @@ class MemoryTier:
     """
 
     def __init__(self, capacity_bytes: int, policy: EvictionPolicy, *,
-                 entry_overhead: int = 0) -> None:
+                 entry_overhead: int = 0, keep_unneeded: bool = True) -> None:
         if capacity_bytes < 0:
             raise ConfigError(f"memory cache capacity must be >= 0 bytes, got {capacity_bytes}")
         self._capacity = capacity_bytes
         self._policy = policy
         self._overhead = entry_overhead  # bookkeeping per entry, charged to the budget
+        self._keep_unneeded = keep_unneeded
         # The count bound is unused: the byte budget below decides what stays.
         self._entries: LRU[BlockKey, Value] = LRU(sys.maxsize)
         self._used = 0
@@ -96,7 +97,8 @@ class MemoryTier:
         with self._lock:
             if key in self._entries:
                 self._drop(key)
-            if size > self._capacity:
+            if size > self._capacity or not (self._keep_unneeded
+                                             or self._policy.wanted(key.item)):
                 self._rejected += 1
                 return False
             while self._used + size > self._capacity:
@@ -160,15 +162,28 @@ class MemoryTier:
             self._policy.extend_future(items)
 
     def on_demand(self, item: str) -> None:
-        """The consumer reads ``item`` now (hit or miss): advance the policy's cursor."""
+        """The consumer reads ``item`` now (hit or miss): advance the policy's cursor (and,
+        unless the tier keeps unneeded blocks, drop those of other items)."""
         with self._lock:
             self._policy.on_demand(item)
+            self._drop_unneeded(but=item)  # ``item`` is read after this call
 
     def on_demand_all(self, items: Iterable[str]) -> None:
-        """:meth:`on_demand` of each of ``items``, in order, under one lock."""
+        """:meth:`on_demand` of each of ``items``, in order, under one lock: reads that are
+        over (reported after the fact)."""
         with self._lock:
             for item in items:
                 self._policy.on_demand(item)
+            self._drop_unneeded()
+
+    def _drop_unneeded(self, but: str | None = None) -> None:
+        """Unless the tier keeps them, drop the blocks the hints ahead do not read (another
+        tier holds them). Called as the cursor moves, so they are dropped once read."""
+        if self._keep_unneeded:
+            return
+        for key in self._policy.unneeded():
+            if key.item != but:
+                self._drop(key)
 
     def stats(self) -> dict[str, int]:
         """Counters: ``hits``, ``misses``, ``evictions``, ``rejected``, ``bytes``, ``entries``,

@@ -55,6 +55,14 @@ class EvictionPolicy(Protocol):
     def on_demand(self, item: str) -> None:
         """The consumer reads ``item`` now, hit or miss (call it before storing fetched bytes)."""
 
+    def wanted(self, item: str) -> bool:
+        """Whether ``item`` may be read again: ``False`` only when the hints ahead do not read
+        it (a tier with a disk tier behind it then does not keep it)."""
+
+    def unneeded(self) -> list[BlockKey]:
+        """The cached blocks whose items the hints ahead do not read (none while no hints are
+        ahead: then nothing is known)."""
+
 
 def make_policy(name: str) -> EvictionPolicy:
     """A fresh policy by its ``Config(eviction=...)`` name: ``"lru"`` or ``"future"``."""
