@@ -399,6 +399,34 @@ def test_a_burst_is_appended_with_a_write_per_run_of_adjacent_entries(
     tier.close()
 
 
+def test_entries_whose_segment_was_evicted_before_filing_are_stored_again(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process may evict the segment a burst was appended to before the burst is
+    filed: those entries are not filed there (the segment is gone), but stored once more in
+    a new segment, and every entry reads back."""
+    from seaweed_data.core.cache.disk_index import PackIndex
+
+    real = PackIndex.insert_many
+    evicted: list[int] = []
+
+    def evicting_first(index: PackIndex, rows: Any) -> list[bool]:
+        if not evicted:  # the first burst: its segment goes before it is filed
+            evicted.append(rows[0][1].segment)
+            index.writer().execute("DELETE FROM segments WHERE id = ?", (evicted[0],))
+        return real(index, rows)
+
+    monkeypatch.setattr(PackIndex, "insert_many", evicting_first)
+    tier = DiskTier(root, 4 << 20)
+    burst = [(f"e{i}", payload_for(f"e{i}", 1 * KB), None) for i in range(10)]
+    assert tier.put_many(burst) == 10
+    monkeypatch.setattr(PackIndex, "insert_many", real)
+    assert all(tier.get(name) == data for name, data, _ in burst)
+    index = tier._index
+    segments = {index.lookup(entry_key(name)).segment for name, _, _ in burst}
+    assert evicted and evicted[0] not in segments
+    tier.close()
+
+
 def test_expired_entries_are_dropped_on_read(root: Path) -> None:
     now = [1000.0]
     tier = DiskTier(root, 1 << 20, clock=lambda: now[0])

@@ -64,6 +64,7 @@ _SCHEMA = (
 _KEYS_PER_QUERY = 500  # bound variables per query (SQLite allows at least 999)
 _INSERT = ("INSERT OR REPLACE INTO entries SELECT ?, ?, ?, ?, ? "
            "WHERE EXISTS (SELECT 1 FROM segments WHERE id = ?)")
+_INSERT_PLAIN = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)"
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _SQLITE_READONLY, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 13, 14
 
@@ -272,12 +273,20 @@ class PackIndex:
         return cursor.rowcount > 0
 
     def insert_many(self, rows: Sequence[tuple[bytes, Location]]) -> list[bool]:
-        """:meth:`insert` of several entries in one transaction (one commit for all)."""
+        """:meth:`insert` of several entries in one transaction (one commit for all): which
+        segments still exist is asked once, then the rows go in with one ``executemany``."""
         if not rows:
             return []
         with self._transaction() as db:
-            return [db.execute(_INSERT, (key, w.segment, w.offset, w.length, w.expires,
-                                         w.segment)).rowcount > 0 for key, w in rows]
+            segments = sorted({where.segment for _, where in rows})
+            marks = ",".join("?" * len(segments))
+            alive = {row[0] for row in db.execute(
+                f"SELECT id FROM segments WHERE id IN ({marks})", segments)}  # only "?"s
+            filed = [where.segment in alive for _, where in rows]
+            db.executemany(_INSERT_PLAIN, [(key, w.segment, w.offset, w.length, w.expires)
+                                           for (key, w), ok in zip(rows, filed, strict=True)
+                                           if ok])
+        return filed
 
     def forget(self, key: bytes, where: Location | None = None) -> None:
         """Delete the row of ``key`` (only if it still points at ``where``, when given)."""
