@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from scripted import HANG_UP, Script, ScriptedServer, ok, open_after_fork, run_scripted
 
-from seaweed_data.core.pipeline import Pipelines
+from seaweed_data.core.pipeline import Pipelines, _Connection
 from seaweed_data.errors import RequestTimeoutError, TransportError, UnreachableError
 
 
@@ -42,6 +42,25 @@ def test_pipelined_answers_come_back_in_order_on_few_connections() -> None:
         assert server.connections <= 4 and server.requests == 202
 
     run(script, body)
+
+
+def test_requests_of_one_loop_iteration_leave_in_one_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests sent together share the connection being filled (up to twice its queue) and
+    leave in one write, not one write per connection they were spread over."""
+    flushes = []
+    real = _Connection._flush
+    monkeypatch.setattr(_Connection, "_flush", lambda c: flushes.append(len(c._outgoing))
+                        or real(c))
+
+    async def body(pipes: Pipelines, address: str, server: ScriptedServer) -> None:
+        assert (await pipes.get(address, "/first", {}, 5)).body == b"/first"
+        answers = await asyncio.gather(*(pipes.get(address, f"/{i}", {}, 5)
+                                         for i in range(12)))
+        assert [a.body for a in answers] == [f"/{i}".encode() for i in range(12)]
+        assert flushes == [1, 12] and server.connections == 1
+
+    run(lambda target, n: ok(target.encode()), body)
 
 
 def test_a_connection_closed_between_answers_is_replaced_and_the_request_resent() -> None:

@@ -72,6 +72,11 @@ class _Connection:
         self._outgoing.append(request)
         return future
 
+    @property
+    def filling(self) -> bool:
+        """Whether requests of this loop iteration wait to leave in one write."""
+        return bool(self._outgoing)
+
     def _check_deadline(self) -> None:
         """One timer per connection, not per request: answers come in order, so only the
         oldest waiting request can be the first one late."""
@@ -150,6 +155,9 @@ class _Server:
 
     async def connection(self) -> _Connection:
         self.connections = [c for c in self.connections if not c.closed]
+        for connection in self.connections:  # requests of one loop iteration share a write
+            if connection.filling and len(connection.waiting) < 2 * QUEUE_PER_CONNECTION:
+                return connection
         best = min(self.connections, key=lambda c: len(c.waiting), default=None)
         if best is not None and (len(best.waiting) < QUEUE_PER_CONNECTION
                                  or len(self.connections) >= CONNECTIONS_PER_SERVER):
