@@ -126,7 +126,7 @@ def test_a_backed_tier_drops_blocks_once_the_hints_no_longer_read_them() -> None
     cache.on_demand("a")  # read again later: kept
     cache.on_demand("b")  # b is read now: kept until the next read
     assert all(key(i) in cache for i in "abc")
-    cache.on_demand("a")  # b's read is over, and a is not read again but now
+    cache.on_demand("a")  # b's read is over; a, read now for the last time, stays for now
     assert key("b") not in cache and key("a") in cache and key("c") in cache
     cache.on_demand_all(["c"])  # reported after the fact: every unneeded block goes
     assert len(cache) == 0 and cache.used_bytes == 0

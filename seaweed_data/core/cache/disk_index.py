@@ -62,9 +62,7 @@ _SCHEMA = (
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 _KEYS_PER_QUERY = 500  # bound variables per query (SQLite allows at least 999)
-_INSERT = ("INSERT OR REPLACE INTO entries SELECT ?, ?, ?, ?, ? "
-           "WHERE EXISTS (SELECT 1 FROM segments WHERE id = ?)")
-_INSERT_PLAIN = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)"
+_INSERT = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)"
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _SQLITE_READONLY, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 13, 14
 
@@ -266,15 +264,10 @@ class PackIndex:
         """The bytes allocated to segments: the budget in use."""
         return int(self.reader().execute("SELECT total(allocated) FROM segments").fetchone()[0])
 
-    def insert(self, key: bytes, where: Location) -> bool:
-        """File an appended entry; ``False`` when its segment was evicted meanwhile."""
-        cursor = self.writer().execute(_INSERT, (key, where.segment, where.offset, where.length,
-                                                 where.expires, where.segment))
-        return cursor.rowcount > 0
-
     def insert_many(self, rows: Sequence[tuple[bytes, Location]]) -> list[bool]:
-        """:meth:`insert` of several entries in one transaction (one commit for all): which
-        segments still exist is asked once, then the rows go in with one ``executemany``."""
+        """File appended entries in one transaction (one commit for all); for each, ``False``
+        when its segment was evicted meanwhile. Which segments still exist is asked once,
+        then the rows go in with one ``executemany``."""
         if not rows:
             return []
         with self._transaction() as db:
@@ -283,7 +276,7 @@ class PackIndex:
             alive = {row[0] for row in db.execute(
                 f"SELECT id FROM segments WHERE id IN ({marks})", segments)}  # only "?"s
             filed = [where.segment in alive for _, where in rows]
-            db.executemany(_INSERT_PLAIN, [(key, w.segment, w.offset, w.length, w.expires)
+            db.executemany(_INSERT, [(key, w.segment, w.offset, w.length, w.expires)
                                            for (key, w), ok in zip(rows, filed, strict=True)
                                            if ok])
         return filed

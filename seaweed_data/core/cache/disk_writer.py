@@ -71,7 +71,7 @@ class PackWriter:
             where = Location(segment.id, segment.offset, size, expires_at)
             segment.offset += size  # (after a failed write too: never write over a torn entry)
             write_all(segment.fd, parts, where.offset)
-            if self._index.insert(key, where):
+            if self._index.insert_many([(key, where)])[0]:
                 return True, evicted
             self.drop(sealed=True)
         return False, evicted

@@ -8,10 +8,10 @@ With a disk tier, memory holds only what is about to be read: prefetched blocks,
 the hints read again (with the ``"future"`` policy; without hints ahead, or with ``"lru"``,
 nothing is known and memory is LRU). A block read and not hinted again is dropped, and a
 disk hit is copied into memory only for a prefetch (the reading thread picks prefetched
-files up there). The page cache already keeps the disk
-tier's recent data in RAM for every process of the node, while keeping blocks in a process
-costs it page faults (~12 µs per 13 KB file on the VM we measure on) each time it allocates
-for new data instead of reusing what it freed:
+files up there). The page cache already keeps the disk tier's recent data in RAM for every
+process of the node, while keeping blocks in a process costs it page faults (~12 µs per
+13 KB file on the VM we measure on) each time it allocates for new data instead of reusing
+what it freed:
 
 - a persistent DataLoader worker's warm epoch took 0.277 s with disk hits copied into
   memory and 0.233 s without (the epoch after it 0.243 s and 0.227 s; medians of 8 runs);
