@@ -31,7 +31,7 @@ from disk_files import Row, all_rows, connect, consistent_view, pack_files, pack
 from torch.utils.data import DataLoader
 
 import seaweed_data as sd
-from seaweed_data.core.cache import disk, disk_index, disk_writer
+from seaweed_data.core.cache import disk, disk_room, disk_writer
 from seaweed_data.core.cache.disk import DiskTier
 from seaweed_data.core.cache.disk_format import HEADER_SIZE
 from seaweed_data.core.cluster import LocalCluster
@@ -323,7 +323,7 @@ def test_writers_killed_mid_entry_never_leave_a_served_torn_entry(tmp_path: Path
 def _killed_after_creating_its_segment(root: str, created: Any) -> None:
     """Make room for an entry, and hang right after the new segment's file is created (inside
     the index transaction that records it)."""
-    real: Callable[[str], int] = getattr(disk_index, "create_segment")  # noqa: B009
+    real: Callable[[str], int] = getattr(disk_room, "create_segment")  # noqa: B009
 
     def create_then_hang(path: str) -> int:
         fd = real(path)
@@ -331,7 +331,7 @@ def _killed_after_creating_its_segment(root: str, created: Any) -> None:
         time.sleep(60)
         return fd
 
-    setattr(disk_index, "create_segment", create_then_hang)  # noqa: B010
+    setattr(disk_room, "create_segment", create_then_hang)  # noqa: B010
     DiskTier(root, 1 * MB).put("victim", bytes(500 * KB))
 
 

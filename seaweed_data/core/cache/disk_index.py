@@ -13,7 +13,8 @@ most one chunk; sealing the segment (its writer rolls to a new one or closes) br
 allocation down to the file's size. A reservation that does not fit evicts whole segments in
 the same ``BEGIN IMMEDIATE`` transaction, oldest first: sealed ones and open ones whose
 writer is gone (no ``flock``), and as a last resort open ones of live writers (whose next
-entry is then dropped: :meth:`PackIndex.insert` files an entry only while its segment exists).
+entry is then dropped: :meth:`PackIndex.insert_many` files an entry only while its segment
+exists). Reserving, evicting and reclaiming room is :mod:`.disk_room`.
 
 A segment's file is created, locked and recorded in one transaction, so a pack file without a
 row, seen from inside a transaction, is the leftover of a writer that died there:
@@ -36,17 +37,12 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
+from . import disk_room
 from .disk_layout import DiskLayout, open_private_file
-from .disk_segments import (
-    create_segment,
-    destroy_segment,
-    is_abandoned,
-    new_segment_id,
-    segment_size,
-)
+from .disk_room import Grant
+from .disk_segments import destroy_segment
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +89,6 @@ class Location(NamedTuple):
     offset: int
     length: int
     expires: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """The outcome of a reservation: the segment to append to (``None``: no room), its write
-    fd when it is a new one, its allocation now, and the entries evicted for it."""
-
-    segment: int | None
-    fd: int | None
-    allocated: int
-    evicted: int
 
 
 class PackIndex:
@@ -312,99 +297,24 @@ class PackIndex:
 
     def reserve(self, current: tuple[int, int, int] | None, need: int, *, chunk: int,
                 segment_bytes: int, capacity: int) -> Grant:
-        """Room for ``need`` more bytes: in the ``current`` segment (``(id, offset,
-        allocated)``) while it stays under ``segment_bytes``, else in a new segment (the
-        current one is then sealed). Grows by up to ``chunk`` at once."""
+        """:func:`.disk_room.reserve` in a transaction of its own; a segment created for a
+        transaction that fails is destroyed."""
         created: list[tuple[int, str]] = []
         try:
             with self._transaction() as db:
-                return self._reserve(db, current, need, chunk, segment_bytes, capacity, created)
+                return disk_room.reserve(db, self._layout, current, need, chunk=chunk,
+                                         segment_bytes=segment_bytes, capacity=capacity,
+                                         created=created)
         except BaseException:
             for fd, path in created:  # the row was never committed
                 destroy_segment(path)
                 os.close(fd)
             raise
 
-    def _reserve(self, db: sqlite3.Connection, current: tuple[int, int, int] | None,
-                 need: int, chunk: int, segment_bytes: int, capacity: int,
-                 created: list[tuple[int, str]]) -> Grant:
-        evicted = 0
-        if current is not None:
-            segment, offset, allocated = current
-            if db.execute("SELECT 1 FROM segments WHERE id = ?", (segment,)).fetchone():
-                if offset + need <= segment_bytes:
-                    want = max(offset + need, min(allocated + chunk, segment_bytes)) - allocated
-                    got, evicted = self._make_room(db, want, offset + need - allocated,
-                                                   capacity, keep=segment, evict_live=False)
-                    if got is not None:
-                        db.execute("UPDATE segments SET allocated = ? WHERE id = ?",
-                                   (allocated + got, segment))
-                        return Grant(segment, None, allocated + got, evicted)
-                db.execute("UPDATE segments SET allocated = ?, open = 0 WHERE id = ?",
-                           (offset, segment))
-        want = max(need, min(chunk, segment_bytes))
-        got, more = self._make_room(db, want, need, capacity, keep=None, evict_live=True)
-        if got is None:
-            return Grant(None, None, 0, evicted + more)
-        segment = new_segment_id()
-        path = self._layout.segment_path(segment)
-        fd = create_segment(path)
-        created.append((fd, path))
-        db.execute("INSERT INTO segments VALUES (?, ?, 1)", (segment, got))
-        return Grant(segment, fd, got, evicted + more)
-
-    def _make_room(self, db: sqlite3.Connection, want: int, minimum: int, capacity: int, *,
-                   keep: int | None, evict_live: bool) -> tuple[int | None, int]:
-        """Evict until at least ``minimum`` (ideally ``want``) bytes are free, never ``keep``
-        and live writers' segments only when ``evict_live``; returns ``(bytes granted or
-        None, entries evicted)``."""
-        room = capacity - int(db.execute("SELECT total(allocated) FROM segments").fetchone()[0])
-        evicted = 0
-        if room < minimum:
-            live: list[tuple[int, int]] = []
-            rows = db.execute("SELECT id, open, allocated FROM segments WHERE id != ? "
-                              "ORDER BY id", (-1 if keep is None else keep,)).fetchall()
-            for segment, is_open, allocated in rows:
-                if room >= minimum:
-                    break
-                if is_open and not is_abandoned(self._layout.segment_path(segment)):
-                    live.append((segment, allocated))
-                    continue
-                evicted += self._evict(db, segment)
-                room += allocated
-            for segment, allocated in live:  # the last resort: a live writer's segment
-                if room >= minimum or not evict_live:
-                    break
-                evicted += self._evict(db, segment)
-                room += allocated
-        if room < minimum:
-            return None, evicted
-        return min(want, room), evicted
-
-    def _evict(self, db: sqlite3.Connection, segment: int) -> int:
-        """Delete a segment, its entries' rows and its file; returns the entries dropped."""
-        dropped = db.execute("DELETE FROM entries WHERE segment = ?", (segment,)).rowcount
-        db.execute("DELETE FROM segments WHERE id = ?", (segment,))
-        destroy_segment(self._layout.segment_path(segment))  # before the commit: never over
-        return max(dropped, 0)
-
     def reclaim(self) -> None:
         """Delete pack files without a row and seal the open segments of dead writers."""
         with self._transaction() as db:
-            rows = db.execute("SELECT id, open FROM segments").fetchall()
-            files = self._layout.segment_files()
-            known = {segment for segment, _ in rows}
-            for segment, path in files.items():
-                if segment not in known:
-                    destroy_segment(path)
-            for segment, is_open in rows:
-                path = self._layout.segment_path(segment)
-                size = segment_size(path) if segment in files else None
-                if size is None:
-                    self._evict(db, segment)
-                elif is_open and is_abandoned(path):
-                    db.execute("UPDATE segments SET allocated = ?, open = 0 WHERE id = ?",
-                               (size, segment))
+            disk_room.reclaim(db, self._layout)
 
 
 def _connect(path: str) -> sqlite3.Connection:
