@@ -38,10 +38,9 @@ shared memory). The tier's parts and their lifecycle (first use, errors, fork) a
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .disk_format import HEADER_SIZE, encode_header
 from .disk_index import Location
@@ -63,12 +62,6 @@ class DiskTier(DiskState):
     expiry (seconds since the epoch). The constructor does no I/O; the directory is created and
     checked on first use.
     """
-
-    def __init__(self, directory: str | os.PathLike[str], capacity_bytes: int, *,
-                 segment_bytes: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(directory, capacity_bytes, segment_bytes=segment_bytes, clock=clock)
-        self._located: dict[bytes, Location] = {}  # learned by has_many, used once by get
 
     def __repr__(self) -> str:
         return f"DiskTier({self._layout.root!r}, capacity_bytes={self._capacity})"

@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from .disk_index import PackIndex, error_kind
+from .disk_index import Location, PackIndex, error_kind
 from .disk_layout import DiskLayout
 from .disk_segments import ReadFds
 from .disk_writer import PackWriter
@@ -70,6 +70,7 @@ class DiskState:
         self._closed = False
         self._next_check = 0.0
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
+        self._located: dict[bytes, Location] = {}  # learned by has_many, used once by get
         _LIVE.add(self)
 
     def __del__(self) -> None:  # dropped without close(): seal the segment, close everything
@@ -90,11 +91,13 @@ class DiskState:
     def enabled(self) -> bool:
         """Whether puts are accepted (false after ENOSPC, on an unusable directory, or closed)."""
         return self._ensure_ready() and self._writable
+
     def close(self) -> None:
         """Seal this process's segment and close every fd and connection; afterwards gets miss
         and puts return ``False``."""
         self._closed = True
         self._let_go()
+
     # -- first use, errors, fork --------------------------------------------------------------
 
     def _readable(self) -> bool:
@@ -209,6 +212,7 @@ class DiskState:
         self._readers.close_all()
         self._index.after_fork()
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
+
     def _check_now(self) -> None:
         """Connect again when another process replaced the index (a reader looks once a
         second)."""
