@@ -91,6 +91,10 @@ class Config:
     """PEM bundle of a private CA for HTTPS servers."""
     verify_tls: bool = True
     """Check HTTPS servers' certificates (False: accept any, e.g. self-signed)."""
+    reuse_large_allocations: bool = True
+    """With TensorFlow: let glibc reuse freed blocks of up to 32 MiB (TensorFlow makes each a
+    fresh ``mmap``, paid in page faults); see :mod:`seaweed_data.tf.allocator`. False leaves
+    malloc as TensorFlow set it."""
 
     def __post_init__(self) -> None:
         for name in ("security_toml", "ca_file", "disk_cache_dir"):

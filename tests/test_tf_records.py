@@ -24,6 +24,7 @@ import seaweed_data as sd  # noqa: E402
 from seaweed_data.core.loop import LOOP  # noqa: E402
 from seaweed_data.core.records import iter_records, write_records  # noqa: E402
 from seaweed_data.tf import TFRecordDataset, framing  # noqa: E402
+from seaweed_data.tf import records as tf_records  # noqa: E402
 from seaweed_data.tf.clients import SourceClients  # noqa: E402
 from seaweed_data.tf.paths import glob_matches  # noqa: E402
 from seaweed_data.tf.records import RecordSource, record_windows  # noqa: E402
@@ -461,6 +462,16 @@ def test_record_source_batches_streamed_prefetched_and_compressed(cluster, shard
         [[b"x", b""], [b"yz"]]
     assert [len(w.starts) for w in record_windows([b"x" * 10] * 3, max_bytes=15)] == [2, 1]
     clients.close()
+
+
+def test_reading_a_file_raises_malloc_thresholds_unless_told_not_to(cluster, shards,
+                                                                   monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(tf_records, "reuse_large_allocations", lambda: calls.append(1))
+    names = shards.remote["plain"][:2]
+    left = TFRecordDataset(names, config=config(cluster, reuse_large_allocations=False))
+    assert len(values(left)) == 43 and calls == []
+    assert len(values(ours(cluster, names))) == 43 and len(calls) == 2
 
 
 def test_glob_expansion_keeps_the_pattern_form(cluster, shards, monkeypatch):

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from ..config import Config
 from ..core.records import COMPRESSIONS, iter_records
+from .allocator import reuse_large_allocations
 from .clients import SourceClients
 from .framing import MAX_READ, Window, frame_windows, window_of
 from .paths import as_is, names_dataset
@@ -133,6 +134,8 @@ class RecordSource:
         """The records of file ``number`` (``name``), checked, a window at a time."""
         location = name.decode()
         log.debug("TFRecordDataset: reading file %d, %s", number, location)
+        if self.clients.config.reuse_large_allocations:
+            reuse_large_allocations()
         with self.reads.open(int(number), location) as stream:
             if self.compression:
                 yield from record_windows(iter_records(stream, path=location,
@@ -143,11 +146,11 @@ class RecordSource:
                 stream.seek(0)
                 return stream
 
-            # A prefetched file is in memory: one read, one window. A streamed one is read
-            # in pieces no larger than its readahead's first window, which keeps growing.
+            # A prefetched file is in memory: one read. A streamed one is read in pieces no
+            # larger than its readahead's first window, which keeps growing. Windows stay
+            # small enough for the heap to reuse their memory (see .allocator).
             if isinstance(stream, io.BytesIO):
-                yield from frame_windows(stream, location, reread, max_bytes=MAX_READ,
-                                         read_size=MAX_READ)
+                yield from frame_windows(stream, location, reread, read_size=MAX_READ)
                 return
             yield from frame_windows(stream, location, reread, read_size=STREAM_READ)
 
