@@ -4,9 +4,10 @@ The first time a ``tf.data`` generator starts, TensorFlow sets glibc's ``M_TRIM_
 128 KiB (its log: "Memory patch applied"). Setting it also freezes glibc's mmap threshold at
 its initial 128 KiB. From then on every allocation above 128 KiB, in every part of the
 process, is a fresh ``mmap`` returned to the kernel when freed: each of its pages is faulted
-in again on first touch. A window of TFRecord frames (up to a whole 32 MB shard) becomes a
-string tensor through such an allocation. Copying 32 MB into a new tensor that way costs
-~47 ms on the development VM (31,000 page faults), against ~6 ms into reused memory.
+in again on first touch. Every window of TFRecord frames (4 MiB) becomes a string tensor
+through such an allocation, and every prefetched shard lands in one. Copying 32 MB into a new
+tensor that way costs ~47 ms on the development VM (31,000 page faults), against ~6 ms into
+reused memory.
 
 :func:`reuse_large_allocations` sets the thresholds to what glibc's own dynamic adjustment
 reaches after freeing blocks of its maximum size: blocks of up to 32 MiB come from the heap and
@@ -14,6 +15,10 @@ are reused, and up to 64 MiB of free memory may stay at a heap's top. It is call
 process, by the first file a ``TFRecordDataset`` reads, which is after TensorFlow's patch (made
 when the generator starts). ``Config(reuse_large_allocations=False)`` leaves it alone.
 Elsewhere than glibc it does nothing.
+
+A limit it cannot lift: a heap of a thread's arena (not the main one; the event loop's
+thread allocates the prefetched shards there) that becomes empty is unmapped whatever the
+thresholds, so large blocks allocated there are often faulted in again.
 """
 
 from __future__ import annotations
