@@ -5,7 +5,9 @@ import io
 import os
 import pickle
 from collections import Counter
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -307,3 +309,29 @@ def test_paths_of_looks_a_listings_paths_up_when_read():
     paths = PathsOf(entries, [3, 0, 4])
     assert len(paths) == 3 and list(paths) == ["/d/3.jpg", "/d/0.jpg", "/d/4.jpg"]
     assert paths[1] == "/d/0.jpg" and paths[1:] == ["/d/0.jpg", "/d/4.jpg"]
+
+
+class AnnouncedOrders:
+    def __init__(self) -> None:
+        self.orders: list[tuple[list[Any], list[Any] | None, bool]] = []
+
+    def announce(self, order: list[Any], next_order: list[Any] | None, batched: bool) -> None:
+        self.orders.append((order, next_order, batched))
+
+
+def test_indices_of_any_integer_type_are_yielded_and_announced_as_ints():
+    tensors = [torch.tensor(i) for i in (3, 1, 2)]
+    numpy_ints = [np.int64(i) for i in (5, 4)]
+    for sampler, expected, batched in (([7, 8], [7, 8], False),
+                                       (tensors, [3, 1, 2], False),
+                                       (numpy_ints, [5, 4], False),
+                                       ([[torch.tensor(1), np.int64(2)], [3]], [[1, 2], [3]],
+                                        True)):
+        announced = AnnouncedOrders()
+        yielded = list(PrefetchSampler(sampler, announced))
+        assert yielded == expected and announced.orders == [(expected, None, batched)]
+        flat = [i for b in yielded for i in b] if batched else yielded
+        assert all(type(i) is int for i in flat)
+    resumed = PrefetchSampler([0], AnnouncedOrders())
+    resumed.load_state_dict({"epoch": 0, "order": tensors, "yielded": 1})
+    assert list(resumed) == [1, 2]
