@@ -13,7 +13,10 @@ reused memory.
 reaches after freeing blocks of its maximum size: blocks of up to 32 MiB come from the heap and
 are reused, and up to 64 MiB of free memory may stay at a heap's top. It is called once per
 process, by the first file a ``TFRecordDataset`` reads, which is after TensorFlow's patch (made
-when the generator starts). ``Config(reuse_large_allocations=False)`` leaves it alone.
+when the generator starts). Like that patch, it runs on a reading thread while others may
+allocate: glibc documents ``mallopt`` as meant for single-threaded set-up
+(``MT-Unsafe const:mallopt``); the parameters are plain words it reads without a lock.
+``Config(reuse_large_allocations=False)`` leaves it alone.
 Elsewhere than glibc it does nothing.
 
 A limit it cannot lift: a heap of a thread's arena (not the main one; the event loop's
