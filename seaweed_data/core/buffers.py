@@ -9,24 +9,13 @@ storage, so the socket writes straight into the result; C code does the same wit
 written before it is handed out (the caller's contract), and the view keeps it alive, so a
 late write can never land in freed memory. Interpreters without ``ctypes.pythonapi``
 (not CPython) get a zeroed ``bytearray`` to fill and one copy at the end.
-
-A large buffer is new memory the kernel faults in on first write. On Linux, buffers of
-:data:`HUGE_PAGES_FROM` or more ask for transparent huge pages (``madvise(MADV_HUGEPAGE)``,
-honoured where ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``madvise`` or ``always``):
-one fault per 2 MiB instead of per 4 KiB. A cold read of 8 x 32 MB TFRecord shards through
-``seaweed_data.tf.TFRecordDataset`` faulted ~49,000 times without the advice and ~7,500 with
-it, and took 5% less CPU and 4% less time (medians of 12 rounds each, alternating).
 """
 
 from __future__ import annotations
 
 import ctypes
-import mmap
 from collections.abc import Callable
 from typing import Any
-
-HUGE_PAGES_FROM = 4 << 20
-"""Buffers at least this large ask for transparent huge pages (see the module docstring)."""
 
 
 def _bytes_api() -> tuple[Callable[..., bytes], Callable[[bytes], int]] | None:
@@ -43,37 +32,6 @@ def _bytes_api() -> tuple[Callable[..., bytes], Callable[[bytes], int]] | None:
 _API = _bytes_api()
 
 
-def _madvise() -> Callable[[int, int], int] | None:
-    """``madvise(address, size, MADV_HUGEPAGE)`` from libc, or None where there is none."""
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
-    try:
-        function = getattr(ctypes.CDLL(None), "madvise", None)
-    except OSError:  # pragma: no cover - every CPython on Linux loads its own symbols
-        return None
-    if advice is None or function is None:  # pragma: no cover - not Linux
-        return None
-    function.restype = ctypes.c_int
-    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-
-    def huge_pages(address: int, size: int) -> int:
-        return int(function(address, size, advice))
-
-    return huge_pages
-
-
-_MADVISE = _madvise()
-
-
-def advise_huge_pages(address: int, size: int) -> bool:
-    """Ask for transparent huge pages over the whole pages of ``[address, address + size)``;
-    whether the kernel took the advice (False where there is none to give, or it refused)."""
-    if _MADVISE is None:  # pragma: no cover - not Linux
-        return False
-    start = -(-address // mmap.PAGESIZE) * mmap.PAGESIZE
-    stop = (address + size) // mmap.PAGESIZE * mmap.PAGESIZE
-    return stop > start and _MADVISE(start, stop - start) == 0
-
-
 class Fillable:
     """``data`` (``size`` bytes, not initialised) and ``view``, a writable view of them.
     Write every byte through ``view``, then use :meth:`result`."""
@@ -88,11 +46,8 @@ class Fillable:
         # A subclass per size, since ctypes arrays take no attributes: ``owner`` ties the
         # bytes' life to the view's.
         storage_type: Any = type("_Storage", (ctypes.c_char * size,), {})
-        start = address(data)
-        storage = storage_type.from_address(start)
+        storage = storage_type.from_address(address(data))
         storage.owner = data
-        if size >= HUGE_PAGES_FROM:
-            advise_huge_pages(start, size)
         self._buffer, self._data = None, data
         self.view = memoryview(storage).cast("B")
 
