@@ -394,6 +394,26 @@ def test_files_opened_out_of_order_are_claimed_in_announced_order(cluster, shard
     clients.close()
 
 
+def cutting_maps(dataset: Any) -> tuple[list[str], list[str]]:
+    """The functions that cut records out (``Substr``), and those of the top-level maps."""
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+    cutters = [f.signature.name for f in graph.library.function
+               if any(node.op == "Substr" for node in f.node_def)]
+    maps = [node.attr["f"].func.name for node in graph.node
+            if node.op in ("MapDataset", "ParallelMapDatasetV2")]
+    return cutters, maps
+
+
+def test_one_map_cuts_the_records_of_every_file(cluster, shards):
+    """tf.data parallelizes and autotunes each map: one per file cost more than the cutting
+    (benchmarks/README.md). Without num_parallel_reads the records are cut once, after the
+    files; with it, inside each file's dataset (its records alternate with other files')."""
+    cutters, maps = cutting_maps(ours(cluster, shards.remote["plain"]))
+    assert len(cutters) == 1 and cutters[0] in maps
+    cutters, maps = cutting_maps(ours(cluster, shards.remote["plain"], num_parallel_reads=2))
+    assert len(cutters) == 1 and cutters[0] not in maps
+
+
 # -- the Python side, called directly (TensorFlow runs it on threads coverage cannot see) -------
 
 
