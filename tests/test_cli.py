@@ -369,6 +369,25 @@ def test_tfrecord_read_back_falls_back_to_shard_dataset(cluster, unique_dir, mon
     assert not demo_shards.read_back(cluster.filer_url, paths, records[1:], config).matches
 
 
+def test_tfrecord_read_back_with_tensorflow_times_the_read_only(cluster, unique_dir,
+                                                                 monkeypatch):
+    pytest.importorskip("tensorflow")
+    records = [os.urandom(n) for n in range(1, 30)]
+    with cluster.client() as client:
+        paths = demo_data.write_tfrecord_shards(client, unique_dir, records, 2)
+    events: list[str] = []
+    reader = demo_shards._reader
+    monkeypatch.setattr(demo_shards, "_reader",
+                        lambda *args: events.append("imported") or reader(*args))
+    clock = demo_shards.perf_counter
+    monkeypatch.setattr(demo_shards, "perf_counter", lambda: events.append("clock") or clock())
+    check = demo_shards.read_back(cluster.filer_url, paths, records,
+                                  sd.Config(master=cluster.master_url))
+    assert check.reader == "seaweed_data.tf.TFRecordDataset (tf.data)"
+    assert (check.shards, check.records, check.matches) == (2, 29, True)
+    assert events == ["imported", "clock", "clock"]  # the import is not timed
+
+
 def test_ingest_result_api(cluster, unique_dir, tmp_path):
     from seaweed_data.ingest import ingest, plan_shards, scan
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
+from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from ..config import Config
@@ -17,16 +18,19 @@ def tensorflow_available() -> bool:
 
 
 def read_back(filer: str, paths: list[str], expected: list[bytes], config: Config) -> ShardCheck:
-    """Read every record of ``paths`` in order and compare with ``expected``."""
+    """Read every record of ``paths`` in order and compare with ``expected``. The time counts
+    the read, not importing its reader (TensorFlow's import alone takes seconds)."""
     locations = [filer + p for p in paths]
-    start = time.perf_counter()
-    reader, records = _read(locations, config)
-    seconds = time.perf_counter() - start
+    reader, read = _reader(locations, config)
+    start = perf_counter()
+    records = read()
+    seconds = perf_counter() - start
     return ShardCheck(reader, len(paths), len(records), sum(len(r) for r in records), seconds,
                       records == expected)
 
 
-def _read(locations: list[str], config: Config) -> tuple[str, list[bytes]]:
+def _reader(locations: list[str], config: Config) -> tuple[str, Callable[[], list[bytes]]]:
+    """The reader's name and a function reading every record; its modules are imported."""
     if tensorflow_available():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
@@ -35,14 +39,17 @@ def _read(locations: list[str], config: Config) -> tuple[str, list[bytes]]:
             pass
         else:
             return ("seaweed_data.tf.TFRecordDataset (tf.data)",
-                    _read_tf(TFRecordDataset(locations, config=config)))
+                    lambda: _read_tf(TFRecordDataset(locations, config=config)))
     from ..torch import ShardDataset
 
-    dataset = ShardDataset(locations, config=config)
-    try:
-        return "seaweed_data.torch.ShardDataset", [bytes(r) for r in dataset]
-    finally:
-        dataset.close()
+    def read_torch() -> list[bytes]:
+        dataset = ShardDataset(locations, config=config)
+        try:
+            return [bytes(r) for r in dataset]
+        finally:
+            dataset.close()
+
+    return "seaweed_data.torch.ShardDataset", read_torch
 
 
 def _read_tf(dataset: Any) -> list[bytes]:
