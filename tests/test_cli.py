@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -377,8 +378,13 @@ def test_tfrecord_read_back_with_tensorflow_times_the_read_only(cluster, unique_
         paths = demo_data.write_tfrecord_shards(client, unique_dir, records, 2)
     events: list[str] = []
     reader = demo_shards._reader
-    monkeypatch.setattr(demo_shards, "_reader",
-                        lambda *args: events.append("imported") or reader(*args))
+
+    def imported(*args: Any) -> Any:
+        made = reader(*args)  # the reader's modules are imported by now
+        events.append("imported")
+        return made
+
+    monkeypatch.setattr(demo_shards, "_reader", imported)
     clock = demo_shards.perf_counter
     monkeypatch.setattr(demo_shards, "perf_counter", lambda: events.append("clock") or clock())
     check = demo_shards.read_back(cluster.filer_url, paths, records,
