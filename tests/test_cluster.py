@@ -372,6 +372,43 @@ def test_client_is_configured_for_the_cluster(cluster: LocalCluster, unique_dir:
         assert client.read(f"{unique_dir}/c.txt") == b"via client"
 
 
+def test_grpc_ports_follow_seaweedfs_convention(cluster: LocalCluster) -> None:
+    ports = cluster._require_ports()
+    http_grpc = [(ports.master, ports.master_grpc), (ports.filer, ports.filer_grpc),
+                 (ports.s3, ports.s3_grpc), *ports.volumes]
+    assert all(grpc == http + 10_000 for http, grpc in http_grpc)
+    every = [port for pair in http_grpc for port in pair]
+    assert len(set(every)) == len(every)
+
+
+def test_the_filer_url_alone_finds_the_volume_servers(cluster: LocalCluster,
+                                                      unique_dir: str) -> None:
+    """No master given: the filer's gRPC port (HTTP + 10000) tells it; reads bypass the filer."""
+    data = os.urandom(300_000)
+    with cluster.client() as writer:
+        writer.write(f"{unique_dir}/alone.bin", data)
+    with seaweed_data.Client(cluster.filer_url, seaweed_data.Config()) as client:
+        assert client.read(f"{unique_dir}/alone.bin") == data
+        assert client.stats()["volume_requests"] >= 1
+        assert client._run(client._async().masters()) == [cluster.master_url]
+
+
+def test_free_port_pairs_are_distinct_and_free() -> None:
+    pairs = process.free_port_pairs(8, 10_000)
+    assert len(pairs) == 8 and all(b == a + 10_000 for a, b in pairs)
+    flat = [port for pair in pairs for port in pair]
+    assert len(set(flat)) == 16
+    for port in flat:  # released for the servers to take
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_free_port_pairs_give_up_with_a_clear_error() -> None:
+    """Only one candidate exists (20000, 65535): a second pair can never be found."""
+    with pytest.raises(ClusterError, match=r"no 2 free port pairs \(port, port \+ 45535\)"):
+        process.free_port_pairs(2, 45_535, attempts=5)
+
+
 # --------------------------------------------------------------------------- faults
 
 

@@ -1,7 +1,8 @@
 """What the processes of a :class:`~seaweed_data.core.cluster.LocalCluster` look like: their
 ports, ``weed`` command lines and working directories.
 
-Every server gets an explicit HTTP and gRPC port on 127.0.0.1; the others address the master as
+Every server gets an explicit HTTP port on 127.0.0.1 and its gRPC port at HTTP + 10000
+(SeaweedFS's default, which clients given only a URL rely on); the others address the master as
 ``127.0.0.1:PORT.GRPCPORT`` and the filer likewise. Each runs in ``base_dir/<name>`` holding its
 data and its ``security.toml`` (a copy of the given one, or an empty file that shadows any in
 ``~/.seaweedfs`` or ``/etc/seaweedfs``, since ``weed`` reads the first it finds from ``.``).
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .process import free_ports
+from .discovery import GRPC_PORT_OFFSET
+from .process import free_port_pairs
 
 HOST = "127.0.0.1"
 S3_ACCESS_KEY = "seaweed_data"
@@ -41,11 +43,12 @@ class ClusterPorts:
 
     @classmethod
     def pick(cls, volumes: int) -> ClusterPorts:
-        """Distinct ports that are free right now."""
-        ports = free_ports(6 + 2 * volumes, HOST)
-        pairs = tuple((ports[6 + 2 * i], ports[7 + 2 * i]) for i in range(volumes))
-        master, master_grpc, filer, filer_grpc, s3, s3_grpc = ports[:6]
-        return cls(master, master_grpc, filer, filer_grpc, s3, s3_grpc, pairs)
+        """Distinct ports that are free right now, each gRPC port at its HTTP port + 10000
+        as SeaweedFS expects by default: a client given only the filer's URL finds its gRPC
+        port, asks it for the master and reads from the volume servers."""
+        pairs = free_port_pairs(3 + volumes, GRPC_PORT_OFFSET, HOST)
+        (master, master_grpc), (filer, filer_grpc), (s3, s3_grpc) = pairs[:3]
+        return cls(master, master_grpc, filer, filer_grpc, s3, s3_grpc, tuple(pairs[3:]))
 
     @property
     def master_address(self) -> str:

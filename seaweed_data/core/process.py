@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -55,18 +56,45 @@ def find_weed_binary() -> str:
     raise ClusterError(f"the SeaweedFS 'weed' binary was not found; {_INSTALL_HINT}")
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free on ``host`` a moment ago (bound to port 0)."""
+def free_port_pairs(count: int, offset: int, host: str = "127.0.0.1",
+                    attempts: int = 200) -> list[tuple[int, int]]:
+    """``count`` pairs ``(port, port + offset)``, all distinct, that were free on ``host`` a
+    moment ago: SeaweedFS's convention puts a server's gRPC port at its HTTP port + 10000,
+    which is where a client that only knows the HTTP URL looks for it."""
     sockets: list[socket.socket] = []
+    pairs: list[tuple[int, int]] = []
+    rng = random.Random()
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        for _ in range(attempts):
+            if len(pairs) == count:
+                return pairs
+            port = rng.randrange(_PAIR_LOW, 65536 - offset)
+            bound = [_bound(host, port), _bound(host, port + offset)]
+            sockets.extend(sock for sock in bound if sock is not None)
+            if None not in bound:  # both held until every pair is chosen: all distinct
+                pairs.append((port, port + offset))
+        if len(pairs) == count:
+            return pairs
+        raise ClusterError(f"found no {count} free port pairs (port, port + {offset}) on "
+                           f"{host} in {attempts} tries")
     finally:
         for sock in sockets:
             sock.close()
+
+
+_PAIR_LOW = 20000
+"""Ports below this are left alone (well-known services and their neighbours)."""
+
+
+def _bound(host: str, port: int) -> socket.socket | None:
+    """A socket bound to ``host:port`` (held so the port stays ours), or None if taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def _death_signal_prefix() -> list[str]:
