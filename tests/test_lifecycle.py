@@ -7,6 +7,8 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
+import weakref
 
 import pytest
 
@@ -123,6 +125,71 @@ def test_import_pulls_in_neither_torch_nor_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_client_left_open_is_closed_quietly_at_exit(cluster):
+    """A script (or notebook) that never closes its client: the exit handler closes it, so
+    aiohttp has no unclosed session or connector to complain about on stderr."""
+    code = ("import seaweed_data as sd, sys; "
+            f"c = sd.Client({cluster.filer_url!r}, sd.Config(master={cluster.master_url!r})); "
+            "c.write('/life/left-open.bin', b'x' * 200_000); "
+            "assert len(c.read('/life/left-open.bin')) == 200_000; "
+            "from seaweed_data.core.client import _OPEN; print(len(_OPEN))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # open until the exit handler ran
+    assert "Unclosed" not in result.stderr, result.stderr
+
+
+def test_the_exit_handler_closes_only_the_clients_left_open(cluster, monkeypatch):
+    from seaweed_data.core import client as client_module
+
+    open_clients: weakref.WeakSet[sd.Client] = weakref.WeakSet()
+    monkeypatch.setattr(client_module, "_OPEN", open_clients)  # this test's clients only
+    with cluster.client() as closed:
+        closed.read_many([])
+        assert set(open_clients) == {closed}
+    assert not open_clients
+    left, users = cluster.client(), LOOP.users
+    left.read_many([])
+    assert set(open_clients) == {left} and LOOP.users == users + 1
+    client_module._close_clients_left_open()  # what runs at exit
+    assert left._closed and not open_clients and LOOP.users == users
+
+
+@pytest.mark.timeout(30)
+def test_the_exit_handler_gives_up_on_a_stuck_loop_thread(cluster, monkeypatch):
+    from seaweed_data.core import client as client_module
+
+    open_clients: weakref.WeakSet[sd.Client] = weakref.WeakSet()
+    monkeypatch.setattr(client_module, "_OPEN", open_clients)
+    monkeypatch.setattr(client_module, "EXIT_CLOSE_S", 0.3)
+    first, second = cluster.client(), cluster.client()
+    first.read_many([])
+    second.read_many([])
+    held = threading.Lock()
+    held.acquire()
+    blocked = threading.Event()
+
+    def block_the_loop() -> None:
+        blocked.set()
+        held.acquire()
+        held.release()
+
+    LOOP.post(block_the_loop)
+    assert blocked.wait(10)
+    start = time.monotonic()
+    try:
+        client_module._close_clients_left_open()
+        elapsed = time.monotonic() - start
+    finally:
+        held.release()
+    assert elapsed < 2  # the budget (0.3 s) went to the first client; the next is skipped
+    assert len(open_clients) == 1
+    first.close()
+    second.close()
+    assert not open_clients
 
 
 def test_repr_and_stats():

@@ -8,12 +8,15 @@ the first call notices the new pid, drops the parent's session without touching 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import io
 import os
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast, overload
@@ -42,7 +45,8 @@ class Client:
     ``filer`` defaults to ``SEAWEED_FILER`` (else ``http://127.0.0.1:8888``) and ``config``
     to ``Config.from_env()``. Paths are bare (``/a/b``) or full locations on the same filer
     (``seaweedfs://host:port/a/b``, ``http://host:port/a/b``). No I/O happens until the first
-    call. Use it as a context manager or call :meth:`close`.
+    call. Use it as a context manager or call :meth:`close`; one left open is closed when the
+    interpreter exits.
     """
 
     def __init__(self, filer: str | None = None, config: Config | None = None, *,
@@ -79,6 +83,7 @@ class Client:
         LOOP.acquire()
         self._core = AsyncClient(self.filer, self.config, self.counters)
         self._pid = pid
+        _OPEN.add(self)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         self._report_late_hits()
@@ -284,13 +289,19 @@ class Client:
 
     def close(self) -> None:
         """Close connections; the loop thread stops when no client uses it."""
+        self._close(timeout=None)
+
+    def _close(self, timeout: float | None) -> None:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         core, self._core = self._core, None
         if core is not None and self._pid == os.getpid():
-            LOOP.run(core.close())
-            LOOP.release()
+            try:
+                LOOP.run(core.close(), timeout)
+            finally:
+                LOOP.release()
 
     def __enter__(self) -> Client:
         return self
@@ -317,3 +328,25 @@ class Client:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["filer"], state["config"])  # type: ignore[misc]
+
+
+EXIT_CLOSE_S = 2.0
+"""How long the exit handler waits, in all, for the clients left open to close."""
+_OPEN: weakref.WeakSet[Client] = weakref.WeakSet()
+"""Clients of this process with open connections."""
+
+
+def _close_clients_left_open() -> None:
+    """At interpreter exit, close what nobody closed (a notebook's or a script's client):
+    connections end cleanly instead of aiohttp printing "Unclosed client session" for each
+    one. It runs before the interpreter finalizes, while the loop thread still runs."""
+    deadline = time.monotonic() + EXIT_CLOSE_S
+    for client in list(_OPEN):
+        left = deadline - time.monotonic()
+        if left <= 0:  # a stuck loop thread must not hold the exit up: the OS closes sockets
+            return
+        with contextlib.suppress(Exception):
+            client._close(timeout=left)
+
+
+atexit.register(_close_clients_left_open)
