@@ -192,6 +192,23 @@ def test_the_exit_handler_gives_up_on_a_stuck_loop_thread(cluster, monkeypatch):
     assert not open_clients
 
 
+def test_close_on_the_loop_thread_closes_without_waiting(cluster):
+    """A client closed on the loop thread (say, its dataset collected there) cannot wait for
+    the loop: its connections are closed there soon after, not left open."""
+    client = cluster.client()
+    assert client.listdir("/") is not None  # a session with a connection
+    http, users = client._core.http, LOOP.users
+
+    async def close_here() -> None:
+        client.close()
+
+    LOOP.run(close_here())
+    deadline = time.monotonic() + 10
+    while http._session is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert http._session is None and client._closed and LOOP.users == users - 1
+
+
 def test_repr_and_stats():
     client = sd.Client("127.0.0.1:1")
     assert repr(client) == "Client('http://127.0.0.1:1')"

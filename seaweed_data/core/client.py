@@ -297,11 +297,15 @@ class Client:
         self._closed = True
         _OPEN.discard(self)
         core, self._core = self._core, None
-        if core is not None and self._pid == os.getpid():
-            try:
-                LOOP.run(core.close(), timeout)
-            finally:
-                LOOP.release()
+        if core is None or self._pid != os.getpid():
+            return
+        if LOOP.is_current():  # e.g. its owner collected on the loop thread: cannot wait here
+            LOOP.release_soon(core.close())
+            return
+        try:
+            LOOP.run(core.close(), timeout)
+        finally:
+            LOOP.release()
 
     def __enter__(self) -> Client:
         return self
