@@ -394,6 +394,20 @@ def test_tfrecord_read_back_with_tensorflow_times_the_read_only(cluster, unique_
     assert events == ["imported", "clock", "clock"]  # the import is not timed
 
 
+def test_the_demo_imports_tensorflow_without_its_start_up_log():
+    pytest.importorskip("tensorflow")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    code = ("import sys, seaweed_data as sd; from seaweed_data.demo.shards import _reader; "
+            "name, _ = _reader(['/x.tfrecord'], sd.Config()); "
+            "assert 'tensorflow' in sys.modules; print(name)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "seaweed_data.tf.TFRecordDataset (tf.data)"
+    assert "oneDNN" not in result.stderr and "I0000" not in result.stderr, result.stderr
+
+
 def test_ingest_result_api(cluster, unique_dir, tmp_path):
     from seaweed_data.ingest import ingest, plan_shards, scan
 

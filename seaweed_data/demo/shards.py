@@ -32,7 +32,10 @@ def read_back(filer: str, paths: list[str], expected: list[bytes], config: Confi
 def _reader(locations: list[str], config: Config) -> tuple[str, Callable[[], list[bytes]]]:
     """The reader's name and a function reading every record; its modules are imported."""
     if tensorflow_available():
+        # TensorFlow's start-up log lines are noise here: it only reads records. The oneDNN
+        # notice ignores the log level; without oneDNN (math only) it is not printed.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
         try:
             from ..tf import TFRecordDataset
         except ImportError:
