@@ -67,16 +67,16 @@ def free_port_pairs(count: int, offset: int, host: str = "127.0.0.1",
     try:
         for _ in range(attempts):
             if len(pairs) == count:
-                return pairs
+                break
             port = rng.randrange(_PAIR_LOW, 65536 - offset)
             bound = [_bound(host, port), _bound(host, port + offset)]
             sockets.extend(sock for sock in bound if sock is not None)
             if None not in bound:  # both held until every pair is chosen: all distinct
                 pairs.append((port, port + offset))
-        if len(pairs) == count:
-            return pairs
-        raise ClusterError(f"found no {count} free port pairs (port, port + {offset}) on "
-                           f"{host} in {attempts} tries")
+        if len(pairs) < count:
+            raise ClusterError(f"found no {count} free port pairs (port, port + {offset}) "
+                               f"on {host} in {attempts} tries")
+        return pairs
     finally:
         for sock in sockets:
             sock.close()

@@ -92,4 +92,4 @@ class SourceClients:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
-            client.close()  # on the loop thread (a collection there), without waiting
+            client.close()  # on the loop thread (a collection there) it does not wait
