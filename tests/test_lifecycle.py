@@ -192,6 +192,34 @@ def test_the_exit_handler_gives_up_on_a_stuck_loop_thread(cluster, monkeypatch):
     assert not open_clients
 
 
+@pytest.mark.timeout(30)
+def test_the_exit_handler_lets_handed_over_closes_finish(cluster, monkeypatch):
+    """A client collected just before exit hands its close to the loop thread; the exit
+    handler waits for it, or the daemon thread would be frozen halfway through."""
+    from seaweed_data.core import client as client_module
+
+    monkeypatch.setattr(client_module, "_OPEN", weakref.WeakSet())
+    client = cluster.client()
+    assert client.listdir("/") is not None
+    http = client._core.http
+    held = threading.Lock()
+    held.acquire()
+    blocked = threading.Event()
+
+    def block_the_loop() -> None:
+        blocked.set()
+        held.acquire()
+        held.release()
+
+    LOOP.post(block_the_loop)
+    assert blocked.wait(10)
+    client.__del__()  # as when collected: the close is handed to the (busy) loop thread
+    assert http._session is not None
+    threading.Timer(0.2, held.release).start()
+    client_module._close_clients_left_open()
+    assert http._session is None
+
+
 def test_close_on_the_loop_thread_closes_without_waiting(cluster):
     """A client closed on the loop thread (say, its dataset collected there) cannot wait for
     the loop: its connections are closed there soon after, not left open."""

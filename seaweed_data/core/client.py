@@ -341,9 +341,10 @@ _OPEN: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def _close_clients_left_open() -> None:
-    """At interpreter exit, close what nobody closed (a notebook's or a script's client):
-    connections end cleanly instead of aiohttp printing "Unclosed client session" for each
-    one. It runs before the interpreter finalizes, while the loop thread still runs."""
+    """At interpreter exit, close what nobody closed (a notebook's or a script's client),
+    and let the closes handed to the loop thread by collected clients finish: connections
+    end cleanly instead of aiohttp printing "Unclosed client session" for each one. It runs
+    before the interpreter finalizes, while the loop thread still runs."""
     deadline = time.monotonic() + EXIT_CLOSE_S
     for client in list(_OPEN):
         left = deadline - time.monotonic()
@@ -351,6 +352,7 @@ def _close_clients_left_open() -> None:
             return
         with contextlib.suppress(Exception):
             client._close(timeout=left)
+    LOOP.wait_for_cleanups(max(0.0, deadline - time.monotonic()))
 
 
 atexit.register(_close_clients_left_open)

@@ -30,6 +30,7 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._users = 0
+        self._cleanups: set[concurrent.futures.Future[object]] = set()
 
     def acquire(self) -> asyncio.AbstractEventLoop:
         """Register one user; start the thread if it is not running."""
@@ -67,8 +68,15 @@ class LoopThread:
             coro.close()
             return
         future = asyncio.run_coroutine_threadsafe(coro, loop)
+        self._cleanups.add(future)
+        future.add_done_callback(self._cleanups.discard)
         if last:  # stop once the cleanup is done; the daemon thread then ends by itself
             future.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+
+    def wait_for_cleanups(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the cleanups :meth:`release_soon` handed
+        over: at interpreter exit the daemon thread would be frozen in the middle of them."""
+        concurrent.futures.wait(list(self._cleanups), timeout)
 
     @property
     def users(self) -> int:
@@ -134,6 +142,7 @@ class LoopThread:
         self._lock = threading.RLock()
         self._loop = self._thread = None
         self._users = 0
+        self._cleanups = set()
 
 
 def _logged(fn: Callable[..., object], *args: object) -> None:
