@@ -42,6 +42,22 @@ def loop_threads() -> int:
     return sum(t.name == "seaweed_data-loop" for t in threading.enumerate())
 
 
+def block_the_loop() -> threading.Lock:
+    """Make the loop thread wait for the returned lock (held); release it to go on."""
+    held = threading.Lock()
+    held.acquire()
+    blocked = threading.Event()
+
+    def wait_for_the_lock() -> None:
+        blocked.set()
+        held.acquire()
+        held.release()
+
+    LOOP.post(wait_for_the_lock)
+    assert blocked.wait(10)
+    return held
+
+
 def test_close_leaves_no_thread_socket_or_child(cluster):
     assert LOOP.users == 0
     threads, sockets, children = loop_threads(), socket_fds(), child_pids()
@@ -168,17 +184,7 @@ def test_the_exit_handler_gives_up_on_a_stuck_loop_thread(cluster, monkeypatch):
     first, second = cluster.client(), cluster.client()
     first.read_many([])
     second.read_many([])
-    held = threading.Lock()
-    held.acquire()
-    blocked = threading.Event()
-
-    def block_the_loop() -> None:
-        blocked.set()
-        held.acquire()
-        held.release()
-
-    LOOP.post(block_the_loop)
-    assert blocked.wait(10)
+    held = block_the_loop()
     start = time.monotonic()
     try:
         client_module._close_clients_left_open()
@@ -202,17 +208,7 @@ def test_the_exit_handler_lets_handed_over_closes_finish(cluster, monkeypatch):
     client = cluster.client()
     assert client.listdir("/") is not None
     http = client._core.http
-    held = threading.Lock()
-    held.acquire()
-    blocked = threading.Event()
-
-    def block_the_loop() -> None:
-        blocked.set()
-        held.acquire()
-        held.release()
-
-    LOOP.post(block_the_loop)
-    assert blocked.wait(10)
+    held = block_the_loop()
     client.__del__()  # as when collected: the close is handed to the (busy) loop thread
     assert http._session is not None
     threading.Timer(0.2, held.release).start()
@@ -252,17 +248,7 @@ def test_a_finalized_client_never_waits_for_the_loop_thread(cluster):
     the loop thread needs: __del__ must hand the close over, not wait for it."""
     client = cluster.client()
     client.read_many([])  # start its core on the loop thread
-    held = threading.Lock()
-    held.acquire()
-    blocked = threading.Event()
-
-    def block_the_loop() -> None:
-        blocked.set()
-        held.acquire()  # the loop thread waits for a lock this thread holds
-        held.release()
-
-    LOOP.post(block_the_loop)
-    assert blocked.wait(10)
+    held = block_the_loop()
     client.__del__()  # with a waiting close, this would never return
     held.release()
     assert client._closed
