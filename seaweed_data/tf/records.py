@@ -18,7 +18,7 @@ each file's windows cut and unbatched inside it (``read_file``), since its recor
 windows, alternate between files. Without it, the cutting is one ``map`` after the
 ``flat_map``: tf.data parallelizes and autotunes every ``map`` it sees, and one per file cost
 more than the cutting itself (``benchmarks/tfrecord_bench.py``, case c2, 8 x 32 MB already in
-memory: 0.29-0.30 s with a map per file, 0.23-0.24 s with one, medians of three runs).
+memory: 0.29-0.30 s with a map per file, 0.23-0.24 s with one; run medians).
 
 These are the transformations ``tf.data.TFRecordDataset`` applies to its file names
 (``flat_map``; with ``num_parallel_reads``, ``interleave`` with ``cycle_length``
