@@ -189,6 +189,27 @@ def test_the_disk_is_asked_about_hinted_files_as_the_window_reaches_them(cluster
     assert len(asked) <= len(paths) // DISK_LOOKAHEAD + 1 and sum(asked) == len(paths)
 
 
+def test_a_batch_read_prefetches_only_what_follows_it(cluster, dataset):
+    """read_entries moves the prefetch window past its whole batch before reading it: the
+    batch's own files are read on demand (concurrently), and the window's prefetches are the
+    files after it, every one of them used by the next batch. (Claimed file by file, the
+    window refilled with files of the same batch: every cold file went through a prefetch
+    as well as a demand read.)"""
+    paths = sorted(dataset)[:96]
+    batch, depth = 32, 8
+    with cluster.client(prefetch_items=depth) as client:
+        entries = {p: client.stat(p) for p in paths}
+        client.set_hints(paths, (), entries)
+        for start in range(0, len(paths), batch):
+            chunk = [entries[p] for p in paths[start:start + batch]]
+            assert client.read_entries(chunk) == [dataset[p] for p in paths[start:start + batch]]
+        stats = client.stats()
+    # the window before the first batch, then the one after each of the first two batches
+    assert stats["prefetch_issued"] == 3 * depth
+    assert stats["prefetch_used"] == 3 * depth
+    assert stats["bytes_fetched"] == sum(len(dataset[p]) for p in paths)
+
+
 @pytest.mark.parametrize("prefetch_next", [True, False])
 def test_disk_hits_are_not_copied_into_memory(cluster, dataset, tmp_path, prefetch_next):
     """Whether or not the process reads on (prefetch_next), what it reads from the disk tier

@@ -32,6 +32,7 @@ from .items import ItemReads
 from .metadata import prefetch_entries
 from .metrics import Counters
 from .needles import PIPELINED_MAX_BYTES, ChunkMissingError, NeedleReader
+from .prefetch import Slot
 from .volumes import NoMasterError, VolumeLocations
 
 log = logging.getLogger(__name__)
@@ -75,19 +76,19 @@ class AsyncClient:
         ``found[i]``, when not None, is entry i's content the caller already took from the
         cache (:meth:`ItemReads.peek_leading`); it is reported as read, in order, and returned."""
         found = found or [None] * len(entries)
+        slots = self.items.claim_batch(entries, found)
         return await gather_bounded(
-            [partial(self._read_found, e, f) for e, f in zip(entries, found, strict=True)],
+            [partial(self._read_found, e, f, s)
+             for e, f, s in zip(entries, found, slots, strict=True)],
             self.config.concurrency)
 
-    async def _read_found(self, entry: Entry, data: bytes | None) -> bytes:
-        if data is None:
-            return await self._read_known(entry)
-        self.items.consumed(entry.path)
-        return data
-
-    async def _read_known(self, entry: Entry) -> bytes:
+    async def _read_found(self, entry: Entry, data: bytes | None, slot: Slot | None) -> bytes:
+        if data is not None:
+            return data
         try:
-            return await self._read(entry, 0, None)
+            if entry.is_dir:
+                return await self._read(entry, 0, None)  # (raises IsDirectoryError)
+            return await self.items.read_claimed(entry, slot)
         except ChunkMissingError:
             return await self.read(entry.path)
 

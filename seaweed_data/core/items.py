@@ -28,7 +28,7 @@ from .cache.tiered import TieredCache
 from .entry import Entry
 from .metrics import Counters
 from .patterns import OrderDetector
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, Slot
 
 Stat = Callable[[str], Awaitable[Entry]]
 Download = Callable[[Entry], Awaitable[bytes]]
@@ -151,9 +151,33 @@ class ItemReads:
 
     async def read(self, entry: Entry) -> bytes:
         """The whole file: prefetched, cached, or fetched once for everyone asking."""
+        return await self.read_claimed(entry, self.prefetcher.claim(entry.path))
+
+    def claim_batch(self, entries: Sequence[Entry], found: Sequence[bytes | None]
+                    ) -> list[Slot | None]:
+        """A batch is read now, in this order: move the prefetch window past all of it at
+        once, refilled after it, and hand over the prefetched slots; ``found[i]`` not None
+        is a file the caller read from the cache itself (reported here, as
+        :meth:`consumed`). Read the others with :meth:`read_claimed`.
+
+        Claiming file by file refilled the window with files of the same batch, which its
+        own concurrent reads were about to fetch: every file of a cold batch then went
+        through a prefetch as well as a demand read (~50 µs of CPU per file)."""
+        slots = self.prefetcher.claim_all([entry.path for entry in entries])
+        hits = [entry.path for entry, data in zip(entries, found, strict=True)
+                if data is not None]
+        if hits:
+            self.cache.on_demand_all(hits)
+            self._follow_order_all(hits)
+        for slot, data in zip(slots, found, strict=True):
+            if data is not None:
+                self.prefetcher.settle(slot)
+        return slots
+
+    async def read_claimed(self, entry: Entry, slot: Slot | None) -> bytes:
+        """:meth:`read` of a file whose prefetch slot was claimed already."""
         path = entry.path
         self.cache.on_demand(path)
-        slot = self.prefetcher.claim(path)
         self._follow_order(path)
         data = await self.prefetcher.receive(slot)
         if data is not None:
@@ -220,9 +244,7 @@ class ItemReads:
         """:meth:`consumed` of a batch, in order (one lock, one refill of the window unless
         ``refill`` is False: see :meth:`hits_to_report`)."""
         self.cache.on_demand_all(paths)
-        if self._order is not None and not self._hinted:
-            for path in paths:
-                self._follow_order(path)
+        self._follow_order_all(paths)
         for slot in self.prefetcher.claim_all(paths, refill=refill):
             self.prefetcher.settle(slot)
 
@@ -230,6 +252,11 @@ class ItemReads:
         """A range of a file whose whole content is in memory, without I/O."""
         value = self.cache.memory.get(whole_file_key(entry))
         return None if value is None else bytes(value[start:stop])
+
+    def _follow_order_all(self, paths: Sequence[str]) -> None:
+        if self._order is not None and not self._hinted:
+            for path in paths:
+                self._follow_order(path)
 
     def _follow_order(self, path: str) -> None:
         if self._order is None or self._hinted:

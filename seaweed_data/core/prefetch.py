@@ -33,7 +33,7 @@ MAX_LOOKAHEAD_SKIP = 64  # how far ahead a read may match a hint before the hint
 
 
 @dataclass
-class _Slot:
+class Slot:
     task: asyncio.Task[bytes]
     size: int
 
@@ -51,7 +51,7 @@ class Prefetcher:
         self.budget_bytes = budget_bytes
         self._timeout = timeout
         self._hints: deque[str] = deque()
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._cached: set[str] = set()  # in the window, found cached: not asked again
         self._bytes_ahead = 0
         self._running: dict[asyncio.Task[bytes], float] = {}  # deadlines, oldest first
@@ -100,13 +100,13 @@ class Prefetcher:
         """The consumer reads ``item`` now: its prefetched bytes, or None to fetch it itself."""
         return await self.receive(self.claim(item))
 
-    def claim(self, item: str) -> _Slot | None:
+    def claim(self, item: str) -> Slot | None:
         """The consumer reads ``item`` now: move the window past it and hand over its slot."""
         slot = self._hand_over(item)
         self._pump()
         return slot
 
-    def claim_all(self, items: Iterable[str], *, refill: bool = True) -> list[_Slot | None]:
+    def claim_all(self, items: Iterable[str], *, refill: bool = True) -> list[Slot | None]:
         """:meth:`claim` of each of ``items`` in turn, the window refilled once at the end
         (unless ``refill`` is False: the next claim or hints refill it): for a batch the
         consumer read from the cache (an item of it beyond the window gets no slot, where
@@ -117,7 +117,7 @@ class Prefetcher:
             self._pump()
         return slots
 
-    def _hand_over(self, item: str) -> _Slot | None:
+    def _hand_over(self, item: str) -> Slot | None:
         """Move the window past ``item``; its slot, taken out of the window."""
         self._advance(item)
         slot = self._slots.pop(item, None)
@@ -125,7 +125,7 @@ class Prefetcher:
             self._bytes_ahead -= slot.size
         return slot
 
-    async def receive(self, slot: _Slot | None) -> bytes | None:
+    async def receive(self, slot: Slot | None) -> bytes | None:
         """The bytes of a claimed slot, or None if there was none or its fetch failed."""
         if slot is None:
             return None
@@ -148,7 +148,7 @@ class Prefetcher:
         log.debug("a prefetch failed (%s); reading on demand", why)
         self._counters.add("prefetch_wasted")
 
-    def settle(self, slot: _Slot | None) -> None:
+    def settle(self, slot: Slot | None) -> None:
         """A claimed slot whose item the consumer found in the cache. The prefetch is what
         usually put it there (its task ends just after storing it), so it counts as used
         once it has succeeded, as wasted if it fails."""
@@ -188,7 +188,7 @@ class Prefetcher:
             with prefetching():  # the task inherits the context: its requests yield to demand
                 task = asyncio.ensure_future(self._fetch(item))
             self._watch(task)
-            self._slots[item] = _Slot(task, size)
+            self._slots[item] = Slot(task, size)
             self._bytes_ahead += size
             self._counters.add("prefetch_issued")
 
