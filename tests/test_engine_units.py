@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seaweed_data.core.aggregate import coalesce, split
+from seaweed_data.core.items import whole_file_key
 from seaweed_data.core.limiter import PriorityLimiter, is_prefetch, prefetching
 from seaweed_data.core.metrics import Counters
 from seaweed_data.core.patterns import OrderDetector, Pattern, ReadPattern
@@ -341,3 +342,109 @@ def test_hash_memos_give_the_same_names_and_stay_bounded():
     assert len(keys._DIGESTS) <= keys.MEMO_SIZE
     assert len(disk_layout._ENTRY_KEYS) <= keys.MEMO_SIZE
     assert key.digest == expected and disk_layout.entry_key(expected) == entry
+
+
+def single_flight_reads(download, fetch_many=None, memory=0):
+    """An ``ItemReads`` without a disk tier whose fetches are ``download(entry)`` (and
+    ``fetch_many(entries)`` for batches)."""
+    from seaweed_data.config import Config
+    from seaweed_data.core.items import ItemReads
+
+    async def nothing(paths):
+        return {}
+
+    return ItemReads(Config(memory_cache_bytes=memory), Counters(), None, download, nothing,
+                     fetch_many)
+
+
+def test_concurrent_reads_of_a_file_share_one_fetch_and_its_error():
+    from seaweed_data.core.entry import Entry
+
+    async def go() -> tuple[list[object], list[str]]:
+        fetched: list[str] = []
+
+        async def download(entry: Entry) -> bytes:
+            fetched.append(entry.path)
+            await asyncio.sleep(0.02)
+            if entry.path == "/bad":
+                raise OSError("volume server down")
+            return entry.path.encode()
+
+        reads = single_flight_reads(download)
+        good, bad = Entry("/good", 5, False), Entry("/bad", 4, False)
+        outcomes = await asyncio.gather(*(reads.read(e) for e in (good, good, bad, bad)),
+                                        return_exceptions=True)
+        return outcomes, fetched
+
+    outcomes, fetched = asyncio.run(go())
+    assert outcomes[:2] == [b"/good", b"/good"]
+    assert all(isinstance(o, OSError) and "down" in str(o) for o in outcomes[2:])
+    assert sorted(fetched) == ["/bad", "/good"]  # one fetch each
+
+
+def test_a_reader_left_waiting_by_a_cancelled_fetch_fetches_itself():
+    """The first reader runs the fetch; when it is cancelled (a prefetch that fell out of
+    the window), a reader that joined it is not: it fetches the file again."""
+    from seaweed_data.core.entry import Entry
+
+    async def go() -> tuple[bytes, bool, int]:
+        fetches = 0
+
+        async def download(entry: Entry) -> bytes:
+            nonlocal fetches
+            fetches += 1
+            await asyncio.sleep(0.05)
+            return b"data"
+
+        reads = single_flight_reads(download)
+        entry = Entry("/f", 4, False)
+        first = asyncio.ensure_future(reads.read(entry))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(reads.read(entry))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        data = await second
+        return data, first.cancelled(), fetches
+
+    data, first_cancelled, fetches = asyncio.run(go())
+    assert data == b"data" and first_cancelled and fetches == 2
+
+
+def test_a_batch_fetches_together_what_nothing_holds_and_reads_the_rest_alone():
+    """fetch_at_once takes the files of a claimed batch that are not read yet, not in
+    memory and not in flight, in one fetch; a file it could not fetch is read alone (and
+    a read of it meanwhile waits for the batch, then reads it itself)."""
+    from seaweed_data.core.entry import Chunk, Entry
+
+    def entry(name: str) -> Entry:
+        return Entry(f"/{name}", 4, False, chunks=(Chunk(f"3,{len(name):x}01", 0, 4),))
+
+    async def go():
+        batches, alone = [], []
+
+        async def fetch_many(entries):
+            batches.append([e.path for e in entries])
+            await asyncio.sleep(0.02)
+            return [None if e.path == "/lost" else e.path[1:].encode() for e in entries]
+
+        async def download(e):
+            alone.append(e.path)
+            return b"again"
+
+        reads = single_flight_reads(download, fetch_many, memory=1 << 20)
+        files = [entry(n) for n in ("seen", "mem", "a", "lost", "b", "huge")]
+        files[-1] = Entry("/huge", 1 << 20, False, chunks=(Chunk("3,ff01", 0, 1 << 20),))
+        await reads.cache.put(whole_file_key(files[1]), b"from memory")
+        found = [b"read already", None, None, None, None, None]
+        slots = reads.claim_batch(files, found)
+        batch = asyncio.ensure_future(reads.fetch_at_once(files, found, slots))
+        await asyncio.sleep(0.005)
+        meanwhile = await reads.read(files[3])  # joins the batch's fetch of /lost
+        await batch
+        return batches, alone, found, meanwhile, reads._counters
+
+    batches, alone, found, meanwhile, counters = asyncio.run(go())
+    assert batches == [["/a", "/lost", "/b"]]  # not /huge (too big for one request)
+    assert found == [b"read already", b"from memory", b"a", None, b"b", None]
+    assert meanwhile == b"again" and alone == ["/lost"]
+    assert counters.get("cache_misses") == 3 + 1 and counters.get("cache_hits_memory") == 1

@@ -57,7 +57,8 @@ class AsyncClient:
         self._entries: LRU[str, tuple[float, Entry]] = LRU(METADATA_CACHE_ENTRIES)
         self._masters: list[str] | None = [config.master] if config.master else None
         self._discovered_at = float("-inf")
-        self.items = ItemReads(config, counters, self.stat, self.read_entry, self._warm)
+        self.items = ItemReads(config, counters, self.stat, self.read_entry, self._warm,
+                               self._fetch_small_files)
 
     async def close(self) -> None:
         self.items.close()
@@ -75,8 +76,9 @@ class AsyncClient:
         """Whole files of known entries (a dataset's listing), concurrently, in order.
         ``found[i]``, when not None, is entry i's content the caller already took from the
         cache (:meth:`ItemReads.peek_leading`); it is reported as read, in order, and returned."""
-        found = found or [None] * len(entries)
+        found = list(found) or [None] * len(entries)
         slots = self.items.claim_batch(entries, found)
+        await self.items.fetch_at_once(entries, found, slots)
         return await gather_bounded(
             [partial(self._read_found, e, f, s)
              for e, f, s in zip(entries, found, slots, strict=True)],
@@ -91,6 +93,14 @@ class AsyncClient:
             return await self.items.read_claimed(entry, slot)
         except ChunkMissingError:
             return await self.read(entry.path)
+
+    async def _fetch_small_files(self, entries: Sequence[Entry]) -> list[bytes | None]:
+        """Whole files of one small plain chunk each, pipelined at once (see
+        :meth:`NeedleReader.fetch_whole`); None where that went wrong."""
+        if not await self.masters():
+            return [None] * len(entries)
+        return await self.needles.fetch_whole([(entry.chunks[0], entry.path)
+                                               for entry in entries])
 
     async def extend_hints(self, paths: Sequence[str]) -> None:
         await self.items.extend_hints(paths)

@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from ..config import Config
 from ..errors import RequestTimeoutError, TLSError, TransportError, UnreachableError
 from .bulk import BulkGets
 from .metrics import Counters
-from .pipeline import Pipelines, close_inherited_socket
+from .pipeline import Answer, Pipelines, close_inherited_socket
 from .security import Tokens, load_keys
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,18 @@ class Http:
         answer = await self.pipelines.get(server, target, headers, timeout)
         self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
         return Response(answer.status, CIMultiDictProxy(answer.headers), [answer.body])
+
+    async def pipelined_get_many(self, server: str,
+                                 requests: Sequence[tuple[str, dict[str, str]]], *, kind: str,
+                                 timeout: float) -> list[Response | None]:
+        """:meth:`pipelined_get` of each ``(target, headers)`` of ``requests``, sent at once:
+        a response each, or None where the request failed (the caller reads it again)."""
+        self.counters.add_all({"requests": len(requests), f"{kind}_requests": len(requests)})
+        started = time.perf_counter()
+        answers = await self.pipelines.get_many(server, requests, timeout)
+        self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
+        return [Response(a.status, CIMultiDictProxy(a.headers), [a.body])
+                if isinstance(a, Answer) else None for a in answers]
 
     async def bulk_get(self, server: str, target: str, *, kind: str, headers: dict[str, str],
                        timeout: float, into: memoryview) -> Response:

@@ -27,11 +27,14 @@ from .cache.keys import BlockKey
 from .cache.tiered import TieredCache
 from .entry import Entry
 from .metrics import Counters
+from .needles import PIPELINED_MAX_BYTES
 from .patterns import OrderDetector
-from .prefetch import Prefetcher, Slot
+from .prefetch import Prefetcher, Slot, being_cancelled
 
 Stat = Callable[[str], Awaitable[Entry]]
 Download = Callable[[Entry], Awaitable[bytes]]
+FetchMany = Callable[[Sequence[Entry]], Awaitable[list[bytes | None]]]
+"""Whole files fetched together; None for each one that could not be (read it alone)."""
 log = logging.getLogger(__name__)
 
 DISK_LOOKAHEAD = 64  # hinted files looked up on the disk tier in one query
@@ -51,6 +54,17 @@ def _has_own_bytes(entry: Entry) -> bool:
     return entry.content is None and entry.size > 0
 
 
+def small_and_plain(entry: Entry) -> bool:
+    """Whether the file is one whole plain chunk (not encrypted, not a manifest) of at most
+    :data:`PIPELINED_MAX_BYTES`: what :meth:`ItemReads.fetch_at_once` fetches together."""
+    if entry.content is not None or entry.remote or entry.is_dir or len(entry.chunks) != 1:
+        return False
+    chunk = entry.chunks[0]
+    return (chunk.offset == 0 and chunk.size == entry.size
+            and 0 < entry.size <= PIPELINED_MAX_BYTES
+            and chunk.cipher_key is None and not chunk.is_chunk_manifest)
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("prefetch hints were not applied: %s", task.exception())
@@ -58,15 +72,34 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 @dataclass
 class _Shared:
-    task: asyncio.Task[bytes]
-    waiters: int = 0
+    """A fetch in flight. The read that started it runs it; a read of the same block that
+    comes meanwhile waits for ``outcome``, made when the first such read joins."""
+
+    outcome: asyncio.Future[bytes] | None = None
+
+    def settle(self, data: bytes | None, error: BaseException | None) -> None:
+        outcome = self.outcome
+        if outcome is None or outcome.done():
+            return
+        if isinstance(error, asyncio.CancelledError):
+            outcome.cancel()  # the readers waiting for it fetch it themselves
+        elif error is not None:
+            outcome.set_exception(error)
+            outcome.exception()  # (seen: a reader that left meanwhile does not log it)
+        else:
+            assert data is not None
+            outcome.set_result(data)
+
+
+async def _one_by_one(entries: Sequence[Entry]) -> list[bytes | None]:
+    return [None] * len(entries)
 
 
 class ItemReads:
     """Cached, prefetched, single-flight whole-file reads for one client."""
 
     def __init__(self, config: Config, counters: Counters, stat: Stat, download: Download,
-                 warm: WarmMetadata) -> None:
+                 warm: WarmMetadata, fetch_many: FetchMany | None = None) -> None:
         self.config = config
         self.cache = TieredCache(config, counters)
         self.prefetcher = Prefetcher(self._prefetch, self._needs_fetch, self._size_of,
@@ -76,6 +109,7 @@ class ItemReads:
         self._counters = counters
         self._stat = stat
         self._download = download
+        self._fetch_many = fetch_many or _one_by_one
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
         self._on_disk: dict[BlockKey, bool] = {}  # hinted files looked up: whether on disk
@@ -151,34 +185,84 @@ class ItemReads:
 
     async def read(self, entry: Entry) -> bytes:
         """The whole file: prefetched, cached, or fetched once for everyone asking."""
-        return await self.read_claimed(entry, self.prefetcher.claim(entry.path))
+        path = entry.path
+        self.cache.on_demand(path)
+        slot = self.prefetcher.claim(path)
+        self._follow_order(path)
+        return await self.read_claimed(entry, slot)
 
     def claim_batch(self, entries: Sequence[Entry], found: Sequence[bytes | None]
                     ) -> list[Slot | None]:
         """A batch is read now, in this order: move the prefetch window past all of it at
-        once, refilled after it, and hand over the prefetched slots; ``found[i]`` not None
-        is a file the caller read from the cache itself (reported here, as
-        :meth:`consumed`). Read the others with :meth:`read_claimed`.
+        once, refilled after it, and the eviction cursor too; hand over the prefetched
+        slots. ``found[i]`` not None is a file the caller read from the cache itself
+        (reported here, as :meth:`consumed`). Read the others with
+        :meth:`fetch_at_once`, then :meth:`read_claimed`.
 
         Claiming file by file refilled the window with files of the same batch, which its
         own concurrent reads were about to fetch: every file of a cold batch then went
         through a prefetch as well as a demand read (~50 µs of CPU per file)."""
-        slots = self.prefetcher.claim_all([entry.path for entry in entries])
-        hits = [entry.path for entry, data in zip(entries, found, strict=True)
-                if data is not None]
-        if hits:
-            self.cache.on_demand_all(hits)
-            self._follow_order_all(hits)
+        paths = [entry.path for entry in entries]
+        slots = self.prefetcher.claim_all(paths)
+        self.cache.on_demand_all(paths, reading=set(paths))
+        self._follow_order_all(paths)
         for slot, data in zip(slots, found, strict=True):
             if data is not None:
                 self.prefetcher.settle(slot)
         return slots
 
+    async def fetch_at_once(self, entries: Sequence[Entry], found: list[bytes | None],
+                            slots: Sequence[Slot | None]) -> None:
+        """Of a claimed batch, fetch together the files of one small plain chunk that no
+        tier holds and nothing fetches yet (:meth:`_fetch_many`), and cache them; each one
+        fetched goes into ``found``. Those it could not fetch are left to
+        :meth:`read_claimed`, which fails over and retries."""
+        picks = self._to_fetch_at_once(entries, found, slots)
+        if len(picks) < 2:
+            return
+        keys = [whole_file_key(entries[i]) for i in picks]
+        shares = [_Shared() for _ in picks]
+        self._inflight.update(zip(keys, shares, strict=True))
+        try:
+            datas = await self._fetch_many([entries[i] for i in picks])
+        except BaseException as exc:
+            for shared in shares:
+                shared.settle(None, exc)
+            raise
+        finally:
+            for key, shared in zip(keys, shares, strict=True):
+                if self._inflight.get(key) is shared:
+                    del self._inflight[key]
+        for i, key, shared, data in zip(picks, keys, shares, datas, strict=True):
+            if data is not None:
+                found[i] = data
+                await self._store(entries[i], key, data)
+            shared.settle(data, None if data is not None else asyncio.CancelledError())
+
+    def _to_fetch_at_once(self, entries: Sequence[Entry], found: list[bytes | None],
+                          slots: Sequence[Slot | None]) -> list[int]:
+        """The files of a batch to fetch together: not read yet, not prefetched, fetchable
+        in one request, not in flight, and (with a cache) missed by memory and known not to
+        be on the disk tier; memory hits go into ``found`` on the way."""
+        picks = [i for i, entry in enumerate(entries)
+                 if found[i] is None and slots[i] is None and small_and_plain(entry)
+                 and whole_file_key(entry) not in self._inflight]
+        if not self.cache.enabled or not picks:
+            return picks
+        keys = [whole_file_key(entries[i]) for i in picks]
+        missed = []
+        for i, key, value in zip(picks, keys, self.cache.memory.get_many(keys), strict=True):
+            if value is not None:
+                found[i] = bytes(value)
+                self._counters.add_all({"cache_hits": 1, "cache_hits_memory": 1})
+            elif self.cache.disk is None or self._on_disk.get(key) is False:
+                missed.append(i)
+        self._counters.add("cache_misses", len(missed))
+        return missed
+
     async def read_claimed(self, entry: Entry, slot: Slot | None) -> bytes:
-        """:meth:`read` of a file whose prefetch slot was claimed already."""
-        path = entry.path
-        self.cache.on_demand(path)
-        self._follow_order(path)
+        """:meth:`read` of a file whose prefetch slot was claimed (and the eviction cursor
+        moved) already."""
         data = await self.prefetcher.receive(slot)
         if data is not None:
             self._counters.add("cache_misses")  # it took the network, if ahead of time
@@ -268,30 +352,46 @@ class ItemReads:
     # -- fetching ------------------------------------------------------------------------------
 
     async def _single_flight(self, entry: Entry, key: BlockKey) -> bytes:
-        shared = self._inflight.get(key)
-        if shared is None:
-            shared = _Shared(asyncio.ensure_future(self._fetch_and_store(entry, key)))
-            self._inflight[key] = shared
-        shared.waiters += 1
+        """Fetch (and cache) the block, or wait for the fetch of it already in flight.
+
+        The first reader fetches in its own task: a task per fetch cost ~5 µs of CPU per
+        file. Should it give up (cancelled: a prefetch that fell out of the window) while
+        others wait, the first of them fetches the block again."""
+        while True:
+            shared = self._inflight.get(key)
+            if shared is None:
+                return await self._fetch_first(entry, key)
+            if shared.outcome is None:
+                shared.outcome = asyncio.get_running_loop().create_future()
+            try:
+                return await asyncio.shield(shared.outcome)
+            except asyncio.CancelledError:
+                if being_cancelled() or not shared.outcome.cancelled():
+                    raise
+
+    async def _fetch_first(self, entry: Entry, key: BlockKey) -> bytes:
+        shared = self._inflight[key] = _Shared()
         try:
-            return await asyncio.shield(shared.task)
-        except asyncio.CancelledError:
-            if shared.waiters == 1 and not shared.task.done():
-                shared.task.cancel()  # nobody else wants it any more
+            data = await self._fetch_and_store(entry, key)
+        except BaseException as exc:
+            shared.settle(None, exc)
             raise
         finally:
-            shared.waiters -= 1
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
+        shared.settle(data, None)
+        return data
 
     async def _fetch_and_store(self, entry: Entry, key: BlockKey) -> bytes:
-        try:
-            data = await self._download(entry)
-            if self._cacheable(entry):
-                expires = entry.mtime + entry.ttl_sec if entry.ttl_sec else None
-                await self.cache.put(key, data, expires_at=expires)
-                self._on_disk.pop(key, None)  # on its way there: ask again if memory drops it
-            return data
-        finally:
-            self._inflight.pop(key, None)
+        data = await self._download(entry)
+        await self._store(entry, key, data)
+        return data
+
+    async def _store(self, entry: Entry, key: BlockKey, data: bytes) -> None:
+        if self._cacheable(entry):
+            expires = entry.mtime + entry.ttl_sec if entry.ttl_sec else None
+            await self.cache.put(key, data, expires_at=expires)
+            self._on_disk.pop(key, None)  # on its way there: ask again if memory drops it
 
     async def _prefetch(self, path: str) -> bytes:
         entry = await self.entry(path)
@@ -349,7 +449,5 @@ class ItemReads:
         return self.cache.enabled and _has_own_bytes(entry)
 
     def close(self) -> None:
-        self.prefetcher.clear()
-        for shared in self._inflight.values():
-            shared.task.cancel()
+        self.prefetcher.clear()  # (demand reads in flight fail as the connections close)
         self.cache.close()

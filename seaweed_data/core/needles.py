@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+from collections.abc import Sequence
 
 import aiohttp
 from cryptography.exceptions import InvalidTag
@@ -90,6 +91,55 @@ class NeedleReader:
         for part in parts:  # none when the answer went straight into ``into``
             into[position:position + len(part)] = part
             position += len(part)
+
+    async def fetch_whole(self, chunks: Sequence[tuple[Chunk, str]]) -> list[bytes | None]:
+        """Whole small plain chunks (``(chunk, path)``: not encrypted, at most
+        :data:`PIPELINED_MAX_BYTES`), pipelined at once: one try each at its volume's best
+        replica, without the machinery of a :meth:`read` each (its coroutines, its limiter
+        slot: ~30 µs of CPU per file of a cold batch). None for a chunk whose try went
+        wrong in any way (an error, a status other than 200, a short body, no location):
+        :meth:`read` it, with failover, retries and the real error."""
+        if self._master_tokens or not self._config.pipelining:
+            return [None] * len(chunks)
+        best: dict[str, str | None] = {}  # volume id -> its best replica
+        by_server: dict[str, list[int]] = {}
+        for i, (chunk, path) in enumerate(chunks):
+            if chunk.volume_id not in best:
+                best[chunk.volume_id] = await self._best_replica(chunk.volume_id, path)
+            server = best[chunk.volume_id]
+            if server is not None:
+                by_server.setdefault(server, []).append(i)
+        fetched = await asyncio.gather(*(
+            self._fetch_from(server, [chunks[i][0] for i in indices])
+            for server, indices in by_server.items()))
+        out: list[bytes | None] = [None] * len(chunks)
+        for indices, datas in zip(by_server.values(), fetched, strict=True):
+            for i, data in zip(indices, datas, strict=True):
+                out[i] = data
+        self._counters.add("bytes_fetched", sum(len(data) for data in out if data))
+        return out
+
+    async def _best_replica(self, volume_id: str, path: str) -> str | None:
+        try:
+            servers = await self._locations.lookup(volume_id, path)
+        except Exception:  # (NoMasterError too) read() meets it again, and decides
+            return None
+        return servers[0] if servers else None
+
+    async def _fetch_from(self, server: str, chunks: list[Chunk]) -> list[bytes | None]:
+        responses = await self._http.pipelined_get_many(
+            server, [(f"/{chunk.file_id}", self._headers(chunk.file_id)) for chunk in chunks],
+            kind="volume", timeout=self._config.volume_timeout)
+        return [response.body if response is not None and response.status == 200
+                and response.size == chunk.size else None
+                for chunk, response in zip(chunks, responses, strict=True)]
+
+    def _headers(self, fid: str) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        token = self._http.tokens.header(VOLUME_READ, fid)
+        if token:
+            headers["Authorization"] = token
+        return headers
 
     async def _fetch(self, chunk: Chunk, span: tuple[int, int] | None, path: str,
                      into: memoryview | None = None) -> list[bytes]:

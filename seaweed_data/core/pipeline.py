@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -210,6 +211,18 @@ class Pipelines:
                 if resend:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_many(self, server: str, requests: Sequence[tuple[str, dict[str, str]]],
+                       timeout: float) -> list[Answer | BaseException]:
+        """``GET target`` with ``headers`` for each of ``requests``, pipelined at once on
+        ``server``; each answer, or the error that took its place (no resend: a failed one
+        is the caller's to read again)."""
+        place = self._server(server)
+        futures = []
+        for target, headers in requests:
+            connection = await place.connection()
+            futures.append(connection.send(request_bytes(server, target, headers), timeout))
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     def _server(self, server: str) -> _Server:
         found = self._servers.get(server)

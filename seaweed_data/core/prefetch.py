@@ -134,7 +134,7 @@ class Prefetcher:
         try:
             data = await asyncio.shield(slot.task)
         except asyncio.CancelledError:
-            if not slot.task.cancelled() or _cancelling():
+            if not slot.task.cancelled() or being_cancelled():
                 raise  # the consumer itself is being cancelled
             self._failed("timed out")
             return None
@@ -230,6 +230,7 @@ class Prefetcher:
             self._drop(item)
 
 
-def _cancelling() -> bool:
+def being_cancelled() -> bool:
+    """Whether the current task is being cancelled (not merely saw a cancelled future)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0

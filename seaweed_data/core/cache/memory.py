@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 from lru import LRU
 
@@ -166,23 +166,24 @@ class MemoryTier:
         unless the tier keeps unneeded blocks, drop those of other items)."""
         with self._lock:
             self._policy.on_demand(item)
-            self._drop_unneeded(but=item)  # ``item`` is read after this call
+            self._drop_unneeded((item,))  # ``item`` is read after this call
 
-    def on_demand_all(self, items: Iterable[str]) -> None:
+    def on_demand_all(self, items: Iterable[str], *, reading: Collection[str] = ()) -> None:
         """:meth:`on_demand` of each of ``items``, in order, under one lock: reads that are
-        over (reported after the fact)."""
+        over (reported after the fact), or a batch read from now on, whose items are named
+        in ``reading`` (their blocks are not dropped before they are read)."""
         with self._lock:
             for item in items:
                 self._policy.on_demand(item)
-            self._drop_unneeded()
+            self._drop_unneeded(reading)
 
-    def _drop_unneeded(self, but: str | None = None) -> None:
+    def _drop_unneeded(self, but: Collection[str] = ()) -> None:
         """Unless the tier keeps them, drop the blocks the hints ahead do not read (another
         tier holds them). Called as the cursor moves, so they are dropped once read."""
         if self._keep_unneeded:
             return
         for key in self._policy.unneeded():
-            if key.item != but:
+            if key.item not in but:
                 self._drop(key)
 
     def stats(self) -> dict[str, int]:

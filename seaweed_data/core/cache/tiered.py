@@ -33,7 +33,7 @@ import multiprocessing.util
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, cast
 
 from ...config import Config
@@ -223,8 +223,8 @@ class TieredCache:
         """The consumer reads ``item`` now (moves the eviction policy's view of the future)."""
         self.memory.on_demand(item)
 
-    def on_demand_all(self, items: Sequence[str]) -> None:
-        self.memory.on_demand_all(items)
+    def on_demand_all(self, items: Sequence[str], *, reading: Collection[str] = ()) -> None:
+        self.memory.on_demand_all(items, reading=reading)
 
     def set_future(self, items: Sequence[str]) -> None:
         self.memory.set_future(items)
