@@ -221,7 +221,8 @@ class Http:
         self.counters.add_all({"requests": len(requests), f"{kind}_requests": len(requests)})
         started = time.perf_counter()
         answers = await self.pipelines.get_many(server, requests, timeout)
-        self.counters.observe(f"{kind}_latency", time.perf_counter() - started)
+        self.counters.observe_all(f"{kind}_latency", [a.at - started for a in answers
+                                                      if isinstance(a, Answer)])
         return [Response(a.status, CIMultiDictProxy(a.headers), [a.body])
                 if isinstance(a, Answer) else None for a in answers]
 

@@ -14,6 +14,7 @@ import bisect
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any, Protocol, TypedDict
 
 COUNTER_NAMES = (
@@ -184,6 +185,18 @@ class Counters:
             histogram.observe(seconds)
         if self._parent is not None:
             self._parent.observe(name, seconds)
+
+    def observe_all(self, name: str, durations: Sequence[float]) -> None:
+        """:meth:`observe` of each of ``durations`` (one lock for all, here and in the
+        parent)."""
+        with self._lock:
+            histogram = self._histograms.get(name)
+            if histogram is None:
+                histogram = self._histograms[name] = Histogram()
+            for seconds in durations:
+                histogram.observe(seconds)
+        if self._parent is not None:
+            self._parent.observe_all(name, durations)
 
     def get(self, name: str) -> int:
         """The value of counter ``name`` (0 if never counted)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class Answer:
     status: int
     headers: CIMultiDict[str]
     body: bytes
+    at: float = 0.0
+    """When it was read off the connection (``time.perf_counter()``)."""
 
 
 class ConnectionLost(TransportError):
@@ -310,7 +313,7 @@ async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Answer
         body = b""
     else:  # the body ends when the connection does
         body, close = await reader.read(), True
-    return Answer(status, headers, body), close
+    return Answer(status, headers, body, time.perf_counter()), close
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
