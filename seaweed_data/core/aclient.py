@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 from lru import LRU
@@ -79,14 +79,15 @@ class AsyncClient:
         found = list(found) or [None] * len(entries)
         slots = self.items.claim_batch(entries, found)
         await self.items.fetch_at_once(entries, found, slots)
-        return await gather_bounded(
-            [partial(self._read_found, e, f, s)
-             for e, f, s in zip(entries, found, slots, strict=True)],
-            self.config.concurrency)
+        left = [i for i, data in enumerate(found) if data is None]
+        if left:
+            datas = await gather_bounded([partial(self._read_claimed, entries[i], slots[i])
+                                          for i in left], self.config.concurrency)
+            for i, data in zip(left, datas, strict=True):
+                found[i] = data
+        return cast(list[bytes], found)
 
-    async def _read_found(self, entry: Entry, data: bytes | None, slot: Slot | None) -> bytes:
-        if data is not None:
-            return data
+    async def _read_claimed(self, entry: Entry, slot: Slot | None) -> bytes:
         try:
             if entry.is_dir:
                 return await self._read(entry, 0, None)  # (raises IsDirectoryError)

@@ -222,8 +222,11 @@ class Pipelines:
         is the caller's to read again)."""
         place = self._server(server)
         futures = []
+        connection: _Connection | None = None
         for target, headers in requests:
-            connection = await place.connection()
+            if (connection is None or connection.closed
+                    or len(connection.waiting) >= 2 * QUEUE_PER_CONNECTION):
+                connection = await place.connection()  # (the one filling, while it may)
             futures.append(connection.send(request_bytes(server, target, headers), timeout))
         return await asyncio.gather(*futures, return_exceptions=True)
 
