@@ -55,9 +55,10 @@ def count_disk_queries(client):
     disk = client._async().items.cache.disk
     disk.has("")  # connected: the index is in place
     asked = []
-    locate_many = disk._index.locate_many
+    locate_many, lookup = disk._index.locate_many, disk._index.lookup
     disk._index.locate_many = lambda keys, now: asked.append(len(keys)) or locate_many(keys,
                                                                                         now)
+    disk._index.lookup = lambda key: asked.append(1) or lookup(key)
     return asked
 
 
@@ -208,6 +209,26 @@ def test_a_batch_read_prefetches_only_what_follows_it(cluster, dataset):
     assert stats["prefetch_issued"] == 3 * depth
     assert stats["prefetch_used"] == 3 * depth
     assert stats["bytes_fetched"] == sum(len(dataset[p]) for p in paths)
+
+
+def test_a_cold_batch_fetches_what_the_disk_lacks_and_reads_the_rest_from_it(cluster, dataset,
+                                                                             tmp_path):
+    """A batch partly on the disk tier: whether the disk holds its files is asked in a
+    query or two for the whole batch (not one per file); those it holds are read from it,
+    the others fetched together, each exactly once."""
+    paths = sorted(dataset)[:40]
+    on_disk = paths[10:20]
+    disk = str(tmp_path / "cache")
+    fill_disk_tier(cluster, dataset, on_disk, disk)
+    with cluster.client(disk_cache_dir=disk) as client:
+        entries = [client.stat(p) for p in paths]
+        asked = count_disk_queries(client)
+        assert client.read_entries(entries) == [dataset[p] for p in paths]
+        stats = client.stats()
+    assert len(asked) <= 2
+    assert stats["cache_hits_disk"] == len(on_disk)
+    assert stats["bytes_fetched"] == sum(len(dataset[p]) for p in paths if p not in on_disk)
+    assert stats["volume_requests"] == len(paths) - len(on_disk)
 
 
 @pytest.mark.parametrize("prefetch_next", [True, False])

@@ -38,6 +38,7 @@ FetchMany = Callable[[Sequence[Entry]], Awaitable[list[bytes | None]]]
 log = logging.getLogger(__name__)
 
 DISK_LOOKAHEAD = 64  # hinted files looked up on the disk tier in one query
+ON_DISK_MAX = 4096  # answers of the disk tier's index kept at most
 LATE_HITS = 256
 """Cache hits a reading thread may leave unreported while no prefetch is under way (see
 :meth:`ItemReads.hits_to_report`)."""
@@ -255,10 +256,26 @@ class ItemReads:
             if value is not None:
                 found[i] = bytes(value)
                 self._counters.add_all({"cache_hits": 1, "cache_hits_memory": 1})
-            elif self.cache.disk is None or self._on_disk.get(key) is False:
-                missed.append(i)
+            else:
+                missed.append((i, key))
+        if self.cache.disk is not None:  # those the disk holds are read from it, alone
+            on_disk = self._ask_disk([key for _, key in missed])
+            missed = [(i, key) for i, key in missed if not on_disk[key]]
         self._counters.add("cache_misses", len(missed))
-        return missed
+        return [i for i, _ in missed]
+
+    def _ask_disk(self, keys: Sequence[BlockKey]) -> dict[BlockKey, bool]:
+        """Whether the disk tier holds each of ``keys``: those not looked up yet
+        (:attr:`_on_disk`) are asked about in one index query."""
+        known = {key: self._on_disk[key] for key in keys if key in self._on_disk}
+        unknown = [key for key in keys if key not in known]
+        if len(self._on_disk) + len(unknown) > ON_DISK_MAX:
+            self._on_disk.clear()  # (a read whose answer was dropped asks the disk again)
+        if unknown:
+            found = self.cache.on_disk(unknown)
+            known.update((key, key in found) for key in unknown)
+            self._on_disk.update((key, key in found) for key in unknown)
+        return known
 
     async def read_claimed(self, entry: Entry, slot: Slot | None) -> bytes:
         """:meth:`read` of a file whose prefetch slot was claimed (and the eviction cursor
@@ -436,10 +453,7 @@ class ItemReads:
             self.prefetcher.depth + DISK_LOOKAHEAD))
         keys = dict.fromkeys(whole_file_key(e) for e in upcoming
                              if e is not None and _has_own_bytes(e))
-        unknown = [key for key in self.cache.memory.missing(keys) if key not in self._on_disk]
-        if unknown:
-            found = self.cache.on_disk(unknown)
-            self._on_disk.update((key, key in found) for key in unknown)
+        self._ask_disk(self.cache.memory.missing(keys))
 
     def _size_of(self, path: str) -> int:
         entry = self._hinted.get(path)
