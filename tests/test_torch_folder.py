@@ -5,7 +5,7 @@ import io
 import os
 import pickle
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -299,6 +299,44 @@ def test_workers_look_for_announcements_only_when_a_batch_was_not_predicted(clus
     # One look per epoch, at its first batch (nothing predicted for it): the batches of the
     # announced order need none.
     assert epochs[0] == [1] * batches and epochs[1] == [2] * batches
+    ds.close()
+
+
+class HintReportingFolder(SeaweedImageFolder):
+    """Each batch comes out as the lengths of the hints this worker told so far."""
+
+    told: ClassVar[list[int]] = []
+
+    def _tell(self, mine, upcoming, cross):
+        HintReportingFolder.told.append(len(mine))
+        super()._tell(mine, upcoming, cross)
+
+    def __getitems__(self, indices):
+        super().__getitems__(indices)
+        return [list(HintReportingFolder.told)]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_worker_in_its_first_epoch_tells_hints_only_once_a_batch_missed(
+        cluster, folder, tmp_path, persistent):
+    """Epoch 1 (cold): each worker tells the rest of its share after its first batch.
+    Epoch 2 (warm, on the disk tier): fresh workers (persistent_workers=False) read every
+    batch from the cache and tell nothing; persistent ones tell the epoch's order (and the
+    next one's) after its first batch, as before."""
+    config = sd.Config(disk_cache_dir=str(tmp_path / "cache"))
+    ds = HintReportingFolder(f"{cluster.filer_url}/folder", loader=raw, config=config)
+    sampler = PrefetchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(3)), ds)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=lambda b: b,
+                        persistent_workers=persistent, multiprocessing_context="fork")
+    batches = -(-len(ds) // 4)
+    shares = [len(range(w, batches, 2)) for w in range(2)]  # batches per worker
+    told = [[b[0] for b in loader] for _ in range(2)]
+    first_told = sorted({tuple(t) for t in told[0] if t})
+    assert first_told == sorted({(4 * (n - 1),) for n in shares})  # the rest of each share
+    if persistent:
+        assert all(len(t) == 2 for t in told[1][2:])  # one more tell per worker
+    else:
+        assert all(t == [] for t in told[1])
     ds.close()
 
 
