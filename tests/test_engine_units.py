@@ -448,3 +448,27 @@ def test_a_batch_fetches_together_what_nothing_holds_and_reads_the_rest_alone():
     assert found == [b"read already", b"from memory", b"a", None, b"b", None]
     assert meanwhile == b"again" and alone == ["/lost"]
     assert counters.get("cache_misses") == 3 + 1 and counters.get("cache_hits_memory") == 1
+
+
+def test_a_batch_fetch_that_fails_fails_the_reads_waiting_for_it():
+    from seaweed_data.core.entry import Chunk, Entry
+
+    async def go():
+        async def fetch_many(entries):
+            await asyncio.sleep(0.02)
+            raise OSError("network down")
+
+        async def download(e):
+            raise AssertionError("not read alone")
+
+        reads = single_flight_reads(download, fetch_many)
+        files = [Entry(f"/{n}", 4, False, chunks=(Chunk(f"3,{n}01", 0, 4),)) for n in "ab"]
+        found = [None, None]
+        batch = asyncio.ensure_future(
+            reads.fetch_at_once(files, found, reads.claim_batch(files, found)))
+        await asyncio.sleep(0.005)
+        joined = asyncio.ensure_future(reads.read(files[1]))
+        return await asyncio.gather(batch, joined, return_exceptions=True)
+
+    outcomes = asyncio.run(go())
+    assert all(isinstance(o, OSError) and "down" in str(o) for o in outcomes)

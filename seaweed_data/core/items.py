@@ -9,9 +9,13 @@ as the hints stand, so an epoch costs one listing page per thousand files, not a
 Without hints, a consumer that walks a known order sequentially (``expect_order``: a dataset
 read with ``shuffle=False``) is detected and prefetched as if it had announced it.
 
+A batch (:meth:`ItemReads.claim_batch`, then :meth:`ItemReads.fetch_at_once`) moves the
+prefetch window and the eviction cursor past all of its files at once, asks the disk tier
+about them in one query, and fetches the small files no tier holds together, pipelined.
+
 Every demand read of a file (hit or miss) moves the eviction policy's cursor; every fetch is
 single-flight: readers of one block in flight (threads, a prefetch and a demand read) share one
-request, and it is cancelled only when all of them gave up.
+request, run by the reader that started it; if that one gives up, the next one fetches again.
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from functools import partial
 
 from ..config import Config
 from .cache.keys import BlockKey
 from .cache.tiered import TieredCache
 from .entry import Entry
+from .flights import Flights
 from .metrics import Counters
-from .needles import PIPELINED_MAX_BYTES
+from .needles import small_and_plain
 from .patterns import OrderDetector
-from .prefetch import Prefetcher, Slot, being_cancelled
+from .prefetch import Prefetcher, Slot
 
 Stat = Callable[[str], Awaitable[Entry]]
 Download = Callable[[Entry], Awaitable[bytes]]
@@ -55,41 +60,9 @@ def _has_own_bytes(entry: Entry) -> bool:
     return entry.content is None and entry.size > 0
 
 
-def small_and_plain(entry: Entry) -> bool:
-    """Whether the file is one whole plain chunk (not encrypted, not a manifest) of at most
-    :data:`PIPELINED_MAX_BYTES`: what :meth:`ItemReads.fetch_at_once` fetches together."""
-    if entry.content is not None or entry.remote or entry.is_dir or len(entry.chunks) != 1:
-        return False
-    chunk = entry.chunks[0]
-    return (chunk.offset == 0 and chunk.size == entry.size
-            and 0 < entry.size <= PIPELINED_MAX_BYTES
-            and chunk.cipher_key is None and not chunk.is_chunk_manifest)
-
-
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("prefetch hints were not applied: %s", task.exception())
-
-
-@dataclass
-class _Shared:
-    """A fetch in flight. The read that started it runs it; a read of the same block that
-    comes meanwhile waits for ``outcome``, made when the first such read joins."""
-
-    outcome: asyncio.Future[bytes] | None = None
-
-    def settle(self, data: bytes | None, error: BaseException | None) -> None:
-        outcome = self.outcome
-        if outcome is None or outcome.done():
-            return
-        if isinstance(error, asyncio.CancelledError):
-            outcome.cancel()  # the readers waiting for it fetch it themselves
-        elif error is not None:
-            outcome.set_exception(error)
-            outcome.exception()  # (seen: a reader that left meanwhile does not log it)
-        else:
-            assert data is not None
-            outcome.set_result(data)
 
 
 async def _one_by_one(entries: Sequence[Entry]) -> list[bytes | None]:
@@ -114,7 +87,7 @@ class ItemReads:
         self._warm = warm
         self._hinted: dict[str, Entry] = {}
         self._on_disk: dict[BlockKey, bool] = {}  # hinted files looked up: whether on disk
-        self._inflight: dict[BlockKey, _Shared] = {}
+        self._flights = Flights()
         self._order: OrderDetector | None = None
         self._late_hits: list[str] = []  # read from the cache, not reported yet
         self._late_lock = threading.Lock()
@@ -222,23 +195,17 @@ class ItemReads:
         if len(picks) < 2:
             return
         keys = [whole_file_key(entries[i]) for i in picks]
-        shares = [_Shared() for _ in picks]
-        self._inflight.update(zip(keys, shares, strict=True))
+        batch = self._flights.begin(keys)
         try:
             datas = await self._fetch_many([entries[i] for i in picks])
+            for i, key, data in zip(picks, keys, datas, strict=True):
+                if data is not None:
+                    found[i] = data
+                    await self._store(entries[i], key, data)
         except BaseException as exc:
-            for shared in shares:
-                shared.settle(None, exc)
+            batch.end(None, exc)
             raise
-        finally:
-            for key, shared in zip(keys, shares, strict=True):
-                if self._inflight.get(key) is shared:
-                    del self._inflight[key]
-        for i, key, shared, data in zip(picks, keys, shares, datas, strict=True):
-            if data is not None:
-                found[i] = data
-                await self._store(entries[i], key, data)
-            shared.settle(data, None if data is not None else asyncio.CancelledError())
+        batch.end(datas)
 
     def _to_fetch_at_once(self, entries: Sequence[Entry], found: list[bytes | None],
                           slots: Sequence[Slot | None]) -> list[int]:
@@ -247,7 +214,7 @@ class ItemReads:
         be on the disk tier; memory hits go into ``found`` on the way."""
         picks = [i for i, entry in enumerate(entries)
                  if found[i] is None and slots[i] is None and small_and_plain(entry)
-                 and whole_file_key(entry) not in self._inflight]
+                 and whole_file_key(entry) not in self._flights]
         if not self.cache.enabled or not picks:
             return picks
         keys = [whole_file_key(entries[i]) for i in picks]
@@ -369,35 +336,8 @@ class ItemReads:
     # -- fetching ------------------------------------------------------------------------------
 
     async def _single_flight(self, entry: Entry, key: BlockKey) -> bytes:
-        """Fetch (and cache) the block, or wait for the fetch of it already in flight.
-
-        The first reader fetches in its own task: a task per fetch cost ~5 µs of CPU per
-        file. Should it give up (cancelled: a prefetch that fell out of the window) while
-        others wait, the first of them fetches the block again."""
-        while True:
-            shared = self._inflight.get(key)
-            if shared is None:
-                return await self._fetch_first(entry, key)
-            if shared.outcome is None:
-                shared.outcome = asyncio.get_running_loop().create_future()
-            try:
-                return await asyncio.shield(shared.outcome)
-            except asyncio.CancelledError:
-                if being_cancelled() or not shared.outcome.cancelled():
-                    raise
-
-    async def _fetch_first(self, entry: Entry, key: BlockKey) -> bytes:
-        shared = self._inflight[key] = _Shared()
-        try:
-            data = await self._fetch_and_store(entry, key)
-        except BaseException as exc:
-            shared.settle(None, exc)
-            raise
-        finally:
-            if self._inflight.get(key) is shared:
-                del self._inflight[key]
-        shared.settle(data, None)
-        return data
+        """Fetch (and cache) the block, or wait for the fetch of it in flight."""
+        return await self._flights.run(key, partial(self._fetch_and_store, entry, key))
 
     async def _fetch_and_store(self, entry: Entry, key: BlockKey) -> bytes:
         data = await self._download(entry)

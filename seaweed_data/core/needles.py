@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..config import Config
 from ..errors import CorruptDataError, NotFoundError, PermissionDeniedError, TransportError
-from .entry import Chunk
+from .entry import Chunk, Entry
 from .http import RETRY_STATUSES, Http, Response
 from .limiter import PriorityLimiter
 from .metrics import Counters
@@ -38,6 +38,17 @@ PIPELINED_MAX_BYTES = 256 * 1024
 
 NONCE_BYTES = 12
 GZIP_MAGIC = b"\x1f\x8b"
+
+
+def small_and_plain(entry: Entry) -> bool:
+    """Whether the file is one whole plain chunk (not encrypted, not a manifest) of at most
+    :data:`PIPELINED_MAX_BYTES`: what :meth:`NeedleReader.fetch_whole` fetches, many at once."""
+    if entry.content is not None or entry.remote or entry.is_dir or len(entry.chunks) != 1:
+        return False
+    chunk = entry.chunks[0]
+    return (chunk.offset == 0 and chunk.size == entry.size
+            and 0 < entry.size <= PIPELINED_MAX_BYTES
+            and chunk.cipher_key is None and not chunk.is_chunk_manifest)
 
 
 class ChunkMissingError(NotFoundError):
