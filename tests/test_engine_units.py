@@ -472,3 +472,17 @@ def test_a_batch_fetch_that_fails_fails_the_reads_waiting_for_it():
 
     outcomes = asyncio.run(go())
     assert all(isinstance(o, OSError) and "down" in str(o) for o in outcomes)
+
+
+def test_hits_are_reported_only_once_reads_were_announced():
+    """Without hints or an order, cache hits move nothing: they are not even held back."""
+
+    async def never(entry):
+        raise AssertionError("nothing is fetched")
+
+    reads = single_flight_reads(never)
+    paths = [f"/{i}" for i in range(300)]
+    assert reads.hits_to_report(paths) == ([], False) and reads.late_hits() == []
+    reads.expect_reads()
+    assert reads.hits_to_report(paths[:10]) == ([], False)  # held back (no prefetch busy)
+    assert reads.hits_to_report(paths) == (paths[:10] + paths, False)  # past LATE_HITS

@@ -145,6 +145,7 @@ class Client:
         known = known or {}
         if background:
             self._report_late_hits()
+            core.items.expect_reads()  # the reads from now on move these hints
             LOOP.post(self._hint_soon, core, paths, next_paths, known, prefetch_next)
         else:
             self._run(core.set_hints(self._filer_paths(paths, known),
