@@ -486,3 +486,23 @@ def test_hits_are_reported_only_once_reads_were_announced():
     reads.expect_reads()
     assert reads.hits_to_report(paths[:10]) == ([], False)  # held back (no prefetch busy)
     assert reads.hits_to_report(paths) == (paths[:10] + paths, False)  # past LATE_HITS
+
+
+def test_closing_the_locations_ends_the_lookups_in_flight():
+    from seaweed_data.config import Config
+    from seaweed_data.core.volumes import VolumeLocations
+
+    async def go():
+        async def masters():
+            await asyncio.sleep(30)  # a master that never answers
+            return []
+
+        locations = VolumeLocations(None, masters, Config())
+        lookup = asyncio.ensure_future(locations.lookup("7", "/f"))
+        await asyncio.sleep(0.01)
+        await locations.close()
+        await asyncio.gather(lookup, return_exceptions=True)
+        return lookup.cancelled(), locations._pending
+
+    cancelled, pending = asyncio.run(go())
+    assert cancelled and pending == {}

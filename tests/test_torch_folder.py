@@ -340,6 +340,31 @@ def test_a_worker_in_its_first_epoch_tells_hints_only_once_a_batch_missed(
     ds.close()
 
 
+def test_a_fresh_reader_takes_disk_hits_by_the_listings_keys(cluster, folder, tmp_path):
+    """A process that expects no reads and holds nothing in memory (a fresh DataLoader
+    worker of a warm epoch) reads the disk tier by the keys its listing process made,
+    without the entries; the first file the disk lacks, and those after it, go the usual
+    way."""
+    config = sd.Config(disk_cache_dir=str(tmp_path / "cache"))
+    first = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw, config=config)
+    order = list(range(len(first)))
+    cached = order[:-3]  # the last three are not on the disk tier
+    first.__getitems__(cached)
+    first.client.flush()
+    first.close()
+    _, payloads = folder
+    ds = SeaweedImageFolder(f"{cluster.filer_url}/folder", loader=raw, config=config)
+    read_alone = []
+    read_entries = ds.client.read_entries
+    ds.client.read_entries = lambda entries: read_alone.extend(e.path for e in entries) or \
+        read_entries(entries)
+    batch = ds.__getitems__(order)
+    assert [data for data, _ in batch] == [payloads[path] for path, _ in ds.samples]
+    assert read_alone == [path for path, _ in ds.samples[-3:]]
+    assert ds.client.stats()["cache_hits_disk"] == len(cached)
+    ds.close()
+
+
 def test_paths_of_looks_a_listings_paths_up_when_read():
     from seaweed_data.torch.folder import PathsOf
 

@@ -62,6 +62,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         self.items.close()
+        await self.locations.close()
         await self.http.close()
 
     # -- the future: hints and orders ----------------------------------------------------------

@@ -182,6 +182,13 @@ class Client:
         found += [None] * (len(entries) - len(found))
         return self._run(core.read_entries(entries, found))
 
+    def read_cached(self, disk_keys: Sequence[bytes]) -> list[bytes]:
+        """Whole files by their disk-tier index keys (:func:`~.items.disk_keys`), read in the
+        calling thread, in order up to the first one the disk tier lacks; nothing unless
+        this client expects no reads and holds nothing in memory (see
+        :meth:`ItemReads.peek_disk`). Read the rest with :meth:`read_entries`."""
+        return self._async().items.peek_disk(disk_keys)
+
     def flush(self) -> None:
         """Wait until what this client cached so far is on the disk tier, where the node's
         other processes (DataLoader workers, ranks) find it."""

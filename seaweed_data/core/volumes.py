@@ -67,6 +67,14 @@ class VolumeLocations:
             pending.add_done_callback(lambda f: self._settled(volume_id, f))
         return self.ordered(await asyncio.shield(pending))
 
+    async def close(self) -> None:
+        """Cancel the lookups in flight and wait for them to end (a pending task left to the
+        garbage collector when the loop stops is reported as destroyed)."""
+        pending = list(self._pending.values())
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     def _settled(self, volume_id: str, future: asyncio.Future[list[str]]) -> None:
         self._pending.pop(volume_id, None)
         if not future.cancelled():

@@ -27,8 +27,10 @@ import torch.utils.data
 from PIL import Image
 
 from ..config import Config
+from ..core.cache.disk_layout import DISK_KEY_BYTES
 from ..core.client import Client
 from ..core.entry import Entry
+from ..core.items import disk_keys
 from ..core.job_metrics import JobMetrics
 from ..core.location import parse_location
 from ..core.metrics import PROCESS, Counters
@@ -116,6 +118,7 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
             self.close()  # no client, thread or metrics directory left behind
             raise
         self.samples = [(e.path, t) for e, t in zip(self.entries, targets, strict=True)]
+        self._disk_keys = disk_keys(self.entries) if self.config.disk_cache_dir else None
         self.targets = targets
         self.imgs = self.samples
 
@@ -167,9 +170,21 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
     def _batch(self, indices: list[int]) -> list[tuple[Any, int]]:
         if self.on_error == "skip":
             return self._skipping(indices)
-        datas = self.client.read_entries([self.entries[i] for i in indices])
+        datas = self._from_disk(indices)
+        if len(datas) < len(indices):
+            datas += self.client.read_entries([self.entries[i] for i in indices[len(datas):]])
         return [self._finish(i, self._load(i, data))
                 for i, data in zip(indices, datas, strict=True)]
+
+    def _from_disk(self, indices: list[int]) -> list[bytes]:
+        """The batch's leading files that a fresh worker finds on the disk tier, read by
+        the keys the listing process made (:func:`~seaweed_data.core.items.disk_keys`),
+        without touching the inherited entries."""
+        keys = self._disk_keys
+        if keys is None:
+            return []
+        size = DISK_KEY_BYTES
+        return self.client.read_cached([keys[i * size:(i + 1) * size] for i in indices])
 
     def _skipping(self, indices: list[int]) -> list[tuple[Any, int]]:
         try:

@@ -69,9 +69,12 @@ class DiskTier(DiskState):
     def get(self, name: str) -> bytes | None:
         """The payload stored for ``name``, or ``None`` on a miss (damaged and expired entries
         are dropped and read as misses)."""
+        return self.get_key(entry_key(name))
+
+    def get_key(self, key: bytes) -> bytes | None:
+        """:meth:`get` of the entry whose index key (:func:`.entry_key`) is ``key``."""
         if not self._readable():
             return None
-        key = entry_key(name)
         known = self._located.pop(key, None)
         payload = self._read_located(key, known) if known is not None else None
         if payload is not None:
@@ -97,9 +100,13 @@ class DiskTier(DiskState):
         """:meth:`get` of several ``names``, in order: those :meth:`has_many` did not locate
         are looked up in one index query, and all are read under one lock and counted at
         once."""
-        if not names or not self._readable():
-            return [None] * len(names)
-        keys = [entry_key(name) for name in names]
+        return self.get_many_keys([entry_key(name) for name in names])
+
+    def get_many_keys(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """:meth:`get_many` of the entries whose index keys (:func:`.entry_key`) are
+        ``keys``."""
+        if not keys or not self._readable():
+            return [None] * len(keys)
         places = [self._located.pop(key, None) for key in keys]
         try:
             with self._read_lock:
@@ -112,12 +119,12 @@ class DiskTier(DiskState):
                          for key, where in zip(keys, places, strict=True)]
         except sqlite3.Error as exc:
             self._index_error("looking up entries", exc)
-            return [None] * len(names)
+            return [None] * len(keys)
         hits = [data for data in found if data is not None]
         self._count(hits=len(hits), misses=places.count(None), bytes_read=sum(map(len, hits)))
         # An entry filed but not read back whole: get() looks again, counts and drops it.
-        return [data if data is not None or where is None else self.get(name)
-                for name, where, data in zip(names, places, found, strict=True)]
+        return [data if data is not None or where is None else self.get_key(key)
+                for key, where, data in zip(keys, places, found, strict=True)]
 
     def put(self, name: str, data: bytes | bytearray | memoryview, *,
             expires_at: float | None = None) -> bool:

@@ -32,12 +32,16 @@ _PACK_NAME = re.compile(r"^[0-9a-f]{16}\.pack$")
 _LEGACY_DIR = re.compile(r"^[0-9a-f]{2}$")
 
 
+DISK_KEY_BYTES = 20
+"""The length of an index key (:func:`entry_key`)."""
+
+
 def entry_key(name: str) -> bytes:
     """The index key of ``name`` (any string, even NUL, ``../`` or a lone surrogate);
     remembered like :attr:`BlockKey.digest <.keys.BlockKey.digest>`."""
     key = _ENTRY_KEYS.get(name)
     if key is None:
-        key = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=20,
+        key = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=DISK_KEY_BYTES,
                               person=b"seaweed-disk-v2").digest()
         remember(_ENTRY_KEYS, name, key)
     return key
