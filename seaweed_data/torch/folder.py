@@ -294,19 +294,20 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         self._untold = (upcoming, cross)  # after the first batch (see _tell_untold)
 
     def _tell_untold(self, missed: bool) -> None:
-        """Tell a new epoch's hints once its first batch is read (before, they would only
-        hold that batch up); the rest of this worker's share is what is left to read.
+        """Tell a new epoch's hints after its first batch that missed the cache (before
+        the first batch, they would only hold it up); the rest of this worker's share is
+        what is left to read, with the next epoch's share when the worker outlives epochs.
 
-        A worker in its first epoch (``persistent_workers=False``: every epoch) waits for
-        a batch that missed the cache: the hints serve only its prefetching then, which a
-        share read from the cache does not need, and applying them cost the loop thread
-        ~5 ms per 5,000 samples, taken from the other workers on a busy node."""
-        if self._untold is None:
+        While every batch comes from the cache (a warm epoch: the disk tier, or the memory
+        of a persistent worker), the hints would serve nothing: prefetching finds it all
+        cached, and a disk hit is not copied into memory, whose eviction they plan. Telling
+        them cost the loop thread ~5 ms per 5,000 samples (twice that with the next epoch's),
+        taken from the other workers on a busy node."""
+        if self._untold is None or not missed:
             return
         upcoming, cross = self._untold
-        if cross or missed:
-            self._untold = None
-            self._tell(_flatten(self._predicted), upcoming, cross)
+        self._untold = None
+        self._tell(_flatten(self._predicted), upcoming, cross)
 
     def _tell(self, mine: list[int], upcoming: list[int], cross: bool) -> None:
         """Give the client the order of this process's reads: the paths are looked up and
