@@ -141,6 +141,12 @@ class NeedleReader:
         responses = await self._http.pipelined_get_many(
             server, [(f"/{chunk.file_id}", self._headers(chunk.file_id)) for chunk in chunks],
             kind="volume", timeout=self._config.volume_timeout)
+        failed = responses.count(None)
+        if failed:  # as read() does for a try that failed: another replica goes first
+            log.info("volume server %s failed %d of %d pipelined reads; reading them again",
+                     server, failed, len(chunks))
+            self._locations.mark_bad(server)
+            self._counters.add("failovers", failed)
         return [response.body if response is not None and response.status == 200
                 and response.size == chunk.size else None
                 for chunk, response in zip(chunks, responses, strict=True)]
