@@ -301,8 +301,9 @@ class SeaweedImageFolder(torch.utils.data.Dataset[tuple[Any, int]]):
         While every batch comes from the cache (a warm epoch: the disk tier, or the memory
         of a persistent worker), the hints would serve nothing: prefetching finds it all
         cached, and a disk hit is not copied into memory, whose eviction they plan. Telling
-        them cost the loop thread ~5 ms per 5,000 samples (twice that with the next epoch's),
-        taken from the other workers on a busy node."""
+        them, and reporting the hits they then call for, cost a fresh worker's loop thread
+        ~6 ms per 5,000 samples (``benchmarks/worker_reads.py``), taken from the other
+        workers on a busy node."""
         if self._untold is None or not missed:
             return
         upcoming, cross = self._untold
