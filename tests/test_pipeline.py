@@ -167,3 +167,34 @@ def test_a_silent_server_is_dropped_even_when_the_late_request_was_abandoned() -
         assert answer.body == b"fresh" and server.connections == 2
 
     run(script, body)
+
+
+def test_a_batch_keeps_at_most_its_limit_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_many answers every request in place, and never has more than ``limit`` of them
+    waiting for their answers (the batch's share of a volume server's concurrency)."""
+    in_flight: list[int] = []
+    connections: list[_Connection] = []
+    real = _Connection.send
+
+    def send(c: _Connection, request: bytes, timeout: float) -> asyncio.Future[object]:
+        if c not in connections:
+            connections.append(c)
+        future = real(c, request, timeout)
+        in_flight.append(sum(len(x.waiting) for x in connections))
+        return future  # type: ignore[return-value]
+
+    monkeypatch.setattr(_Connection, "send", send)
+
+    async def body(pipes: Pipelines, address: str, server: ScriptedServer) -> None:
+        requests = [(f"/{i}", {}) for i in range(40)] + [("/missing", {})]
+        answers = await pipes.get_many(address, requests, 5, limit=5)
+        assert [a.body for a in answers[:40]] == [f"/{i}".encode() for i in range(40)]
+        assert answers[40].status == 404
+        assert max(in_flight) == 5 and len(in_flight) == 41
+
+    def script(target: str, n: int) -> bytes:
+        if target == "/missing":
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        return ok(target.encode())
+
+    run(script, body)

@@ -215,12 +215,13 @@ class Http:
 
     async def pipelined_get_many(self, server: str,
                                  requests: Sequence[tuple[str, dict[str, str]]], *, kind: str,
-                                 timeout: float) -> list[Response | None]:
-        """:meth:`pipelined_get` of each ``(target, headers)`` of ``requests``, sent at once:
-        a response each, or None where the request failed (the caller reads it again)."""
+                                 timeout: float, limit: int) -> list[Response | None]:
+        """:meth:`pipelined_get` of each ``(target, headers)`` of ``requests``, ``limit`` in
+        flight at most: a response each, or None where the request failed (the caller reads
+        it again)."""
         self.counters.add_all({"requests": len(requests), f"{kind}_requests": len(requests)})
         started = time.perf_counter()
-        answers = await self.pipelines.get_many(server, requests, timeout)
+        answers = await self.pipelines.get_many(server, requests, timeout, limit)
         self.counters.observe_all(f"{kind}_latency", [a.at - started for a in answers
                                                       if isinstance(a, Answer)])
         return [Response(a.status, CIMultiDictProxy(a.headers), [a.body])

@@ -105,7 +105,8 @@ class NeedleReader:
 
     async def fetch_whole(self, chunks: Sequence[tuple[Chunk, str]]) -> list[bytes | None]:
         """Whole small plain chunks (``(chunk, path)``: not encrypted, at most
-        :data:`PIPELINED_MAX_BYTES`), pipelined at once: one try each at its volume's best
+        :data:`PIPELINED_MAX_BYTES`), pipelined (``per_server_concurrency`` in flight per server
+        at most): one try each at its volume's best
         replica, without the machinery of a :meth:`read` each (its coroutines, its limiter
         slot: ~14 µs of CPU per file more than a bare pipelined GET, in a microbenchmark).
         None for a chunk whose try went wrong in any way (an error, a status other than 200,
@@ -141,7 +142,8 @@ class NeedleReader:
     async def _fetch_from(self, server: str, chunks: list[Chunk]) -> list[bytes | None]:
         responses = await self._http.pipelined_get_many(
             server, [(f"/{chunk.file_id}", self._headers(chunk.file_id)) for chunk in chunks],
-            kind="volume", timeout=self._config.volume_timeout)
+            kind="volume", timeout=self._config.volume_timeout,
+            limit=self._config.per_server_concurrency)
         failed = responses.count(None)
         if failed:  # as read() does for a try that failed: another replica goes first
             log.info("volume server %s failed %d of %d pipelined reads; reading them again",

@@ -216,19 +216,28 @@ class Pipelines:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_many(self, server: str, requests: Sequence[tuple[str, dict[str, str]]],
-                       timeout: float) -> list[Answer | BaseException]:
-        """``GET target`` with ``headers`` for each of ``requests``, pipelined at once on
-        ``server``; each answer, or the error that took its place (no resend: a failed one
-        is the caller's to read again)."""
+                       timeout: float, limit: int) -> list[Answer | BaseException]:
+        """``GET target`` with ``headers`` for each of ``requests``, pipelined on ``server``
+        with at most ``limit`` in flight; each answer, or the error that took its place (no
+        resend: a failed one is the caller's to read again)."""
         place = self._server(server)
-        futures = []
+        out: list[Answer | BaseException] = []
+        waiting: dict[asyncio.Future[Answer], int] = {}
         connection: _Connection | None = None
-        for target, headers in requests:
-            if (connection is None or connection.closed
-                    or len(connection.waiting) >= 2 * QUEUE_PER_CONNECTION):
-                connection = await place.connection()  # (the one filling, while it may)
-            futures.append(connection.send(request_bytes(server, target, headers), timeout))
-        return await asyncio.gather(*futures, return_exceptions=True)
+        try:
+            for i, (target, headers) in enumerate(requests):
+                if len(waiting) >= limit:
+                    await _collect(waiting, out, asyncio.FIRST_COMPLETED)
+                if (connection is None or connection.closed
+                        or len(connection.waiting) >= 2 * QUEUE_PER_CONNECTION):
+                    connection = await place.connection()  # (the one filling, while it may)
+                out.append(ConnectionLost("not answered"))  # (its place, until answered)
+                waiting[connection.send(request_bytes(server, target, headers), timeout)] = i
+            await _collect(waiting, out, asyncio.ALL_COMPLETED)
+        finally:
+            for future in waiting:  # cancelled: nobody will take these answers
+                future.cancel()
+        return out
 
     def _server(self, server: str) -> _Server:
         found = self._servers.get(server)
@@ -274,6 +283,18 @@ class _Expired(Exception):
 def _expire(future: asyncio.Future[Answer]) -> None:
     if not future.done():
         future.set_exception(_Expired())
+
+
+async def _collect(waiting: dict[asyncio.Future[Answer], int],
+                   out: list[Answer | BaseException], when: str) -> None:
+    """Wait for some (``when``) of the ``waiting`` answers; each goes to its place in
+    ``out``."""
+    done, _ = await asyncio.wait(waiting, return_when=when)
+    for future in done:
+        index = waiting.pop(future)
+        error = None if future.cancelled() else future.exception()
+        out[index] = error or (future.result() if not future.cancelled()
+                               else ConnectionLost("cancelled"))
 
 
 def _retrieve(future: asyncio.Future[_Connection]) -> None:
